@@ -1,0 +1,10 @@
+//! JSS: a per-node workload identity signer for Kubernetes.
+//!
+//! Request flow, top down: `server` → `attest` → `kubelet` → `claims` →
+//! `cache` → `signer`, with `token` encoding the JWS, `chain` holding the
+//! node certificate chain and `state` owning the node's files.
+
+pub mod claims;
+pub mod signer;
+pub mod state;
+pub mod token;

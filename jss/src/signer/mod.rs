@@ -1,0 +1,232 @@
+//! The node key and the `Signer` seam.
+//!
+//! Two backends share one contract: [`TpmSigner`] keeps the key inside the TPM
+//! (only a TPM-wrapped blob lives on disk); [`SoftwareSigner`] keeps a PKCS#8
+//! key in the state directory for nodes without a TPM. Both return raw ES256
+//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers run it on a
+//! blocking thread.
+
+mod jwk;
+mod software;
+mod tpm;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub use jwk::{Jwk, NodePublicKey, thumbprint};
+pub use software::SoftwareSigner;
+pub use tpm::{TpmSigner, tpm_reachable};
+
+use crate::state::StateError;
+
+/// File name of the software key in the state directory.
+pub const SOFTWARE_KEY_FILE: &str = "node-key.pem";
+/// File name of the TPM-wrapped key blob in the state directory.
+pub const TPM_KEY_FILE: &str = "node-key.tpm";
+/// Default TCTI: the kernel's TPM resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
+/// Which backend holds the node key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Tpm,
+    Software,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Tpm => "tpm",
+            Backend::Software => "software",
+        })
+    }
+}
+
+/// The configured choice: `tpm` fails closed, `auto` falls back to software.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignerKind {
+    #[default]
+    Tpm,
+    Software,
+    Auto,
+}
+
+impl FromStr for SignerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tpm" => Ok(Self::Tpm),
+            "software" => Ok(Self::Software),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!(
+                "unknown signer kind {other:?}: use tpm, software or auto"
+            )),
+        }
+    }
+}
+
+/// Holds the node key and signs with it.
+pub trait Signer: Send + Sync + fmt::Debug {
+    fn backend(&self) -> Backend;
+    /// The node's public key, its JWK and RFC 7638 thumbprint.
+    fn public_key(&self) -> &NodePublicKey;
+    /// The key id: the RFC 7638 thumbprint of the public JWK.
+    fn kid(&self) -> &str {
+        &self.public_key().kid
+    }
+    /// ES256 over `signing_input` (SHA-256 then ECDSA P-256), as `r‖s`. Blocks.
+    fn sign(&self, signing_input: &[u8]) -> Result<[u8; 64], SignerError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error(
+        "TPM unreachable at {tcti:?}: {source}; check that the device exists and this user may open it (group tss), or set signer.kind = \"auto\" to allow a software key"
+    )]
+    TpmUnreachable {
+        tcti: String,
+        source: tss_esapi::Error,
+    },
+    #[error("TPM {op} failed: {source}")]
+    Tpm {
+        op: &'static str,
+        source: tss_esapi::Error,
+    },
+    #[error("TPM {op} gave an unexpected answer: {what}")]
+    TpmAnswer {
+        op: &'static str,
+        what: &'static str,
+    },
+    #[error("invalid TCTI {tcti:?}: use device:/dev/tpmrm0, swtpm:host=H,port=P or tabrmd")]
+    BadTcti { tcti: String },
+    #[error(
+        "key blob {path} is corrupt ({reason}); restore it from backup, or move it away and re-run `jss-bootstrap node register` to enrol a new key"
+    )]
+    CorruptKeyBlob { path: PathBuf, reason: String },
+    #[error(
+        "key blob {path} was made by another TPM (or this TPM's owner hierarchy was cleared): its parent key is not this TPM's storage key; move it away and re-run `jss-bootstrap node register` to enrol a new key"
+    )]
+    ForeignKeyBlob { path: PathBuf },
+    #[error(
+        "software key {path} is not a usable P-256 PKCS#8 key ({reason}); move it away and re-run `jss-bootstrap node register`"
+    )]
+    BadSoftwareKey { path: PathBuf, reason: String },
+    #[error(
+        "the node key in {dir} is held by the TPM ({TPM_KEY_FILE}), but the TPM is unreachable: {source}"
+    )]
+    TpmKeyButNoTpm {
+        dir: PathBuf,
+        source: Box<SignerError>,
+    },
+    #[error("no node key in {dir}; create one with `jss-bootstrap node init --state-dir {dir}`")]
+    NoKey { dir: PathBuf },
+    #[error("ECDSA signing failed: {0}")]
+    Software(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl SignerError {
+    /// Errors a retry may cure (the TPM went away); the rest need an operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::TpmUnreachable { .. } | Self::Tpm { .. } | Self::TpmAnswer { .. }
+        )
+    }
+}
+
+/// Where the node key lives and how to reach the TPM.
+#[derive(Debug, Clone)]
+pub struct SignerConfig {
+    pub kind: SignerKind,
+    pub tcti: String,
+    pub state_dir: PathBuf,
+}
+
+/// Whether [`open`] may create a missing key (bootstrap) or must find one (daemon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    CreateIfMissing,
+    MustExist,
+}
+
+/// What [`open`] did, for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    Created,
+    Loaded,
+}
+
+/// Opens the node key with the configured backend.
+///
+/// `auto` keeps whichever key already exists (a TPM-held key never silently
+/// turns into a software one); with no key yet it uses the TPM when one
+/// answers and software otherwise, with a loud warning.
+pub fn open(
+    cfg: &SignerConfig,
+    policy: KeyPolicy,
+) -> Result<(Arc<dyn Signer>, KeyOrigin), SignerError> {
+    let dir = &cfg.state_dir;
+    let tpm_blob = dir.join(TPM_KEY_FILE);
+    let sw_key = dir.join(SOFTWARE_KEY_FILE);
+    let backend = match cfg.kind {
+        SignerKind::Tpm => Backend::Tpm,
+        SignerKind::Software => Backend::Software,
+        SignerKind::Auto if tpm_blob.exists() => Backend::Tpm,
+        SignerKind::Auto if sw_key.exists() => Backend::Software,
+        SignerKind::Auto => match tpm_reachable(&cfg.tcti) {
+            Ok(()) => Backend::Tpm,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "NO TPM: signer.kind = auto is falling back to a SOFTWARE node key; anyone who can read {} can impersonate this node",
+                    sw_key.display()
+                );
+                Backend::Software
+            }
+        },
+    };
+    let exists = match backend {
+        Backend::Tpm => tpm_blob.exists(),
+        Backend::Software => sw_key.exists(),
+    };
+    if !exists && policy == KeyPolicy::MustExist {
+        return Err(SignerError::NoKey { dir: dir.clone() });
+    }
+    let origin = if exists {
+        KeyOrigin::Loaded
+    } else {
+        KeyOrigin::Created
+    };
+    let signer: Arc<dyn Signer> = match backend {
+        Backend::Software => Arc::new(SoftwareSigner::open(&sw_key)?),
+        Backend::Tpm => {
+            let s = TpmSigner::open(&cfg.tcti, &tpm_blob);
+            match s {
+                Err(e @ (SignerError::TpmUnreachable { .. } | SignerError::BadTcti { .. }))
+                    if cfg.kind == SignerKind::Auto && exists =>
+                {
+                    return Err(SignerError::TpmKeyButNoTpm {
+                        dir: dir.clone(),
+                        source: Box::new(e),
+                    });
+                }
+                other => Arc::new(other?),
+            }
+        }
+    };
+    tracing::info!(backend = %signer.backend(), kid = signer.kid(), ?origin, "node key ready");
+    Ok((signer, origin))
+}
+
+/// Path of the key file a backend uses in `state_dir`.
+pub fn key_path(state_dir: &Path, backend: Backend) -> PathBuf {
+    state_dir.join(match backend {
+        Backend::Tpm => TPM_KEY_FILE,
+        Backend::Software => SOFTWARE_KEY_FILE,
+    })
+}

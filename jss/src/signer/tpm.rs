@@ -1,0 +1,353 @@
+//! TPM-held node key on tss-esapi.
+//!
+//! The key is an unrestricted ECC P-256 signing key created inside the TPM
+//! under an owner-hierarchy storage primary derived from a fixed template, so
+//! the primary is re-derived after every reboot and nothing but a TPM-wrapped
+//! blob touches the disk. One context, one loaded key handle and one HMAC
+//! session are reused across signs behind a mutex (ESAPI contexts are not for
+//! concurrent use). A failed command drops the context; the next sign
+//! reconnects, so a TPM that comes back is used again without a restart.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+use std::sync::Mutex;
+
+use sha2::{Digest as _, Sha256};
+use tss_esapi::Context;
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::handles::KeyHandle;
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::structures::{
+    Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, Private, Public, PublicBuilder,
+    PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinition,
+    SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::utils::{PublicKey as TpmPublicKey, create_unrestricted_signing_ecc_public};
+
+mod blob;
+use blob::KeyBlob;
+
+use super::{Backend, NodePublicKey, Signer, SignerError};
+use crate::state;
+
+pub struct TpmSigner {
+    tcti: String,
+    blob_path: PathBuf,
+    blob: KeyBlob,
+    public: NodePublicKey,
+    vendor: String,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl fmt::Debug for TpmSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpmSigner")
+            .field("tcti", &self.tcti)
+            .field("blob", &self.blob_path)
+            .field("kid", &self.public.kid)
+            .field("vendor", &self.vendor)
+            .finish()
+    }
+}
+
+/// A live context with the node key loaded and a session to authorise it.
+struct Connection {
+    ctx: Context,
+    key: KeyHandle,
+}
+
+fn tpm_err(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> SignerError {
+    move |source| SignerError::Tpm { op, source }
+}
+
+fn connect(tcti: &str) -> Result<Context, SignerError> {
+    let conf = TctiNameConf::from_str(tcti).map_err(|_| SignerError::BadTcti {
+        tcti: tcti.to_string(),
+    })?;
+    let mut ctx = Context::new(conf).map_err(|source| SignerError::TpmUnreachable {
+        tcti: tcti.to_string(),
+        source,
+    })?;
+    // One unsalted HMAC session for the life of the context: starting and
+    // flushing one per command costs ~10x the sign itself on swtpm.
+    let session = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Hmac,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(|source| SignerError::TpmUnreachable {
+            tcti: tcti.to_string(),
+            source,
+        })?
+        .ok_or(SignerError::TpmAnswer {
+            op: "start session",
+            what: "no session handle",
+        })?;
+    ctx.set_sessions((Some(session), None, None));
+    Ok(ctx)
+}
+
+/// Checks that a TPM answers at `tcti`.
+pub fn tpm_reachable(tcti: &str) -> Result<(), SignerError> {
+    let mut ctx = connect(tcti)?;
+    ctx.get_tpm_property(tss_esapi::constants::PropertyTag::Manufacturer)
+        .map_err(tpm_err("get capability"))?;
+    Ok(())
+}
+
+/// The storage primary: the TCG-style ECC P-256 SRK template. Deterministic
+/// for a given owner seed, so it is re-created rather than persisted.
+fn storage_primary_template() -> Result<Public, tss_esapi::Error> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+fn node_key_template() -> Result<Public, tss_esapi::Error> {
+    create_unrestricted_signing_ecc_public(
+        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+        EccCurve::NistP256,
+    )
+}
+
+/// Creates the storage primary; returns its handle and name.
+fn primary(ctx: &mut Context) -> Result<(KeyHandle, Vec<u8>), SignerError> {
+    let template = storage_primary_template().map_err(tpm_err("build primary template"))?;
+    let handle = ctx
+        .create_primary(Hierarchy::Owner, template, None, None, None, None)
+        .map_err(tpm_err("create storage primary"))?
+        .key_handle;
+    let name = ctx
+        .tr_get_name(handle.into())
+        .map_err(tpm_err("read primary name"))?;
+    Ok((handle, name.value().to_vec()))
+}
+
+fn public_of(public: &Public) -> Result<NodePublicKey, String> {
+    match TpmPublicKey::try_from(public.clone()) {
+        Ok(TpmPublicKey::Ecc { x, y }) => NodePublicKey::from_coordinates(&x, &y),
+        _ => Err("public area is not an ECC key".into()),
+    }
+}
+
+fn vendor_string(ctx: &mut Context) -> String {
+    let manufacturer = ctx
+        .get_tpm_property(tss_esapi::constants::PropertyTag::Manufacturer)
+        .ok()
+        .flatten()
+        .map(|m| {
+            String::from_utf8_lossy(&m.to_be_bytes())
+                .trim_matches(['\0', ' '])
+                .to_string()
+        })
+        .unwrap_or_default();
+    let vendor = tss_esapi::utils::get_tpm_vendor(ctx).unwrap_or_default();
+    format!("{manufacturer} {vendor}").trim().to_string()
+}
+
+/// swtpm reports manufacturer "IBM" with vendor "SW TPM"; the Microsoft
+/// reference simulator reports "MSFT" with "Simulator" or "xCG".
+fn is_software_tpm(vendor: &str) -> bool {
+    let v = vendor.to_ascii_lowercase().replace(' ', "");
+    v.contains("swtpm") || v.contains("simulator") || v.starts_with("msft")
+}
+
+impl TpmSigner {
+    /// Loads the key blob at `blob_path`, creating the key in the TPM first
+    /// if the file is absent.
+    pub fn open(tcti: &str, blob_path: &Path) -> Result<Self, SignerError> {
+        let mut ctx = connect(tcti)?;
+        let vendor = vendor_string(&mut ctx);
+        if !blob_path.exists() {
+            if let Some(dir) = blob_path.parent() {
+                state::ensure_dir(dir)?;
+            }
+            let blob = create_key(&mut ctx)?;
+            state::write_atomic(blob_path, &blob.encode(), 0o600)?;
+            tracing::info!(path = %blob_path.display(), "created node key inside the TPM");
+        }
+        let blob = KeyBlob::decode(&state::read_private(blob_path)?).map_err(|reason| {
+            SignerError::CorruptKeyBlob {
+                path: blob_path.to_path_buf(),
+                reason,
+            }
+        })?;
+        let public = public_of(&blob.public).map_err(|reason| SignerError::CorruptKeyBlob {
+            path: blob_path.to_path_buf(),
+            reason,
+        })?;
+        let key = load(&mut ctx, &blob, blob_path)?;
+        if is_software_tpm(&vendor) {
+            tracing::warn!(
+                vendor,
+                "the TPM is a SOFTWARE TPM: the node key is only as safe as the swtpm state files"
+            );
+        } else {
+            tracing::info!(vendor, "using hardware TPM");
+        }
+        Ok(Self {
+            tcti: tcti.to_string(),
+            blob_path: blob_path.to_path_buf(),
+            blob,
+            public,
+            vendor,
+            conn: Mutex::new(Some(Connection { ctx, key })),
+        })
+    }
+
+    /// The TPM's manufacturer and vendor strings.
+    pub fn vendor(&self) -> &str {
+        &self.vendor
+    }
+
+    fn sign_digest(conn: &mut Connection, digest: Digest) -> Result<Signature, SignerError> {
+        let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+            tag: TPM2_ST_HASHCHECK,
+            hierarchy: TPM2_RH_NULL,
+            digest: Default::default(),
+        })
+        .map_err(tpm_err("build hashcheck ticket"))?;
+        conn.ctx
+            .sign(
+                conn.key,
+                digest,
+                SignatureScheme::EcDsa {
+                    hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                },
+                validation,
+            )
+            .map_err(tpm_err("sign"))
+    }
+}
+
+fn create_key(ctx: &mut Context) -> Result<KeyBlob, SignerError> {
+    let (parent, parent_name) = primary(ctx)?;
+    let template = node_key_template().map_err(tpm_err("build key template"))?;
+    let created = ctx.create(parent, template, None, None, None, None);
+    let _ = ctx.flush_context(parent.into());
+    let created = created.map_err(tpm_err("create node key"))?;
+    Ok(KeyBlob {
+        parent_name,
+        public: created.out_public,
+        private: created.out_private,
+    })
+}
+
+fn load(ctx: &mut Context, blob: &KeyBlob, path: &Path) -> Result<KeyHandle, SignerError> {
+    let (parent, parent_name) = primary(ctx)?;
+    if parent_name != blob.parent_name {
+        let _ = ctx.flush_context(parent.into());
+        return Err(SignerError::ForeignKeyBlob {
+            path: path.to_path_buf(),
+        });
+    }
+    let key = ctx.load(parent, blob.private.clone(), blob.public.clone());
+    let _ = ctx.flush_context(parent.into());
+    key.map_err(|e| SignerError::CorruptKeyBlob {
+        path: path.to_path_buf(),
+        reason: format!("the TPM refused to load it: {e}"),
+    })
+}
+
+impl Signer for TpmSigner {
+    fn backend(&self) -> Backend {
+        Backend::Tpm
+    }
+
+    fn public_key(&self) -> &NodePublicKey {
+        &self.public
+    }
+
+    fn sign(&self, signing_input: &[u8]) -> Result<[u8; 64], SignerError> {
+        let digest = Digest::try_from(Sha256::digest(signing_input).to_vec())
+            .map_err(tpm_err("build digest"))?;
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let mut ctx = connect(&self.tcti)?;
+            let key = load(&mut ctx, &self.blob, &self.blob_path)?;
+            tracing::info!(tcti = self.tcti, "reconnected to the TPM");
+            *guard = Some(Connection { ctx, key });
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Err(SignerError::TpmAnswer {
+                op: "reconnect",
+                what: "no connection",
+            });
+        };
+        let sig = match Self::sign_digest(conn, digest) {
+            Ok(sig) => sig,
+            Err(e) => {
+                // The TPM may have gone away or been reset: start afresh next time.
+                *guard = None;
+                return Err(e);
+            }
+        };
+        let Signature::EcDsa(ecc) = sig else {
+            return Err(SignerError::TpmAnswer {
+                op: "sign",
+                what: "not an ECDSA signature",
+            });
+        };
+        let (r, s) = (ecc.signature_r().value(), ecc.signature_s().value());
+        if r.len() > 32 || s.len() > 32 {
+            return Err(SignerError::TpmAnswer {
+                op: "sign",
+                what: "signature component longer than 32 bytes",
+            });
+        }
+        let mut out = [0u8; 64];
+        out[32 - r.len()..32].copy_from_slice(r);
+        out[64 - s.len()..].copy_from_slice(s);
+        Ok(out)
+    }
+}
+
+impl KeyBlob {
+    fn encode(&self) -> Vec<u8> {
+        blob::encode(
+            &self.parent_name,
+            &self.public.marshall().unwrap_or_default(),
+            self.private.value(),
+        )
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let (parent_name, public, private) = blob::decode(bytes)?;
+        Ok(Self {
+            parent_name,
+            public: Public::unmarshall(&public).map_err(|e| format!("public area: {e}"))?,
+            private: Private::try_from(private).map_err(|e| format!("private area: {e}"))?,
+        })
+    }
+}

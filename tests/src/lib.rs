@@ -1,0 +1,8 @@
+//! Test harness for JSS: real parts, started per test and torn down on drop
+//! (also when the test panics). Nothing here is part of the product.
+//!
+//! Every fixture fails loudly when its tool is missing: `swtpm-ci/install-deps`
+//! installs them, and a test that silently skipped would prove nothing.
+
+pub mod net;
+pub mod swtpm;
