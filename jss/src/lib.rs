@@ -4,6 +4,7 @@
 //! `cache` → `signer`, with `token` encoding the JWS, `chain` holding the
 //! node certificate chain and `state` owning the node's files.
 
+pub mod chain;
 pub mod claims;
 pub mod signer;
 pub mod state;
