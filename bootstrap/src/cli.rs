@@ -1,0 +1,494 @@
+//! Command line: arguments, Vault settings from flags and environment, and
+//! dispatch to the command modules.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use jss::signer::{self, KeyPolicy, SignerConfig, SignerKind};
+
+use crate::Error;
+use crate::cluster::{self, ClusterSpec};
+use crate::csr::{self, NodeIdentity};
+use crate::lock::LockSpec;
+use crate::node::{self, SignSpec};
+use crate::policy::Paths;
+use crate::register::Target;
+use crate::vault::{Secret, Vault, VaultError, VaultSettings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jss-bootstrap",
+    version,
+    about = "Node key, CSR, Vault PKI signing and registration for JSS"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Cluster operations (run once per cluster, by the installer).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Node operations.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Set up Vault for a cluster: PKI root, JWT auth mount, role, policies. Idempotent.
+    Init(ClusterInitArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Create the node key if absent and print its public key and kid.
+    Init(KeyArgs),
+    /// Get the node CA certificate from Vault and register the node key. Idempotent.
+    Register(RegisterArgs),
+    /// Re-sign the node certificate (same key) and make sure the key is registered.
+    Renew(RenewArgs),
+    /// Remove a node key from the cluster's JWT auth mount.
+    Deregister(DeregisterArgs),
+    /// Show the key backend, kid, certificate and registration.
+    Status(StatusArgs),
+    /// Split flow, on the node: write a CSR signed by the node key.
+    Csr(CsrArgs),
+    /// Split flow, where the Vault credentials are: sign a CSR and register its key.
+    Sign(SignArgs),
+    /// Split flow, back on the node: install the signed chain.
+    InstallChain(InstallChainArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct KeyArgs {
+    /// State directory holding the node key and chain.
+    #[arg(long, default_value = "/var/lib/jss")]
+    pub state_dir: PathBuf,
+    /// Where the node key lives: tpm (fail without one), software, or auto.
+    #[arg(long, default_value = "tpm")]
+    pub signer: SignerKind,
+    /// TPM connection: device:/dev/tpmrm0, swtpm:host=H,port=P or tabrmd.
+    #[arg(long, env = "JSS_TCTI", default_value = signer::DEFAULT_TCTI)]
+    pub tcti: String,
+}
+
+impl KeyArgs {
+    pub fn config(&self) -> SignerConfig {
+        SignerConfig {
+            kind: self.signer,
+            tcti: self.tcti.clone(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
+/// How to reach Vault. The token comes from --token-file, VAULT_TOKEN or
+/// BAO_TOKEN (never a flag: it would show in `ps`).
+#[derive(Args, Clone, Debug)]
+pub struct VaultArgs {
+    /// Vault address [env: VAULT_ADDR, then BAO_ADDR; default http://127.0.0.1:8200]
+    #[arg(long)]
+    pub vault_addr: Option<String>,
+    /// File holding the Vault token (instead of VAULT_TOKEN).
+    #[arg(long, env = "JSS_VAULT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The token is a response-wrapping token: unwrap it first (single use).
+    #[arg(long)]
+    pub wrapped_token: bool,
+    /// CA bundle to verify Vault's TLS certificate [env: VAULT_CACERT or BAO_CACERT]
+    #[arg(long)]
+    pub vault_cacert: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace [env: VAULT_NAMESPACE or BAO_NAMESPACE]
+    #[arg(long)]
+    pub vault_namespace: Option<String>,
+    /// Attempts per Vault call when it fails transiently (1 = no retry).
+    #[arg(long, default_value_t = 5)]
+    pub vault_attempts: u32,
+}
+
+fn env_either(a: &str, b: &str) -> Option<String> {
+    std::env::var(a)
+        .ok()
+        .or_else(|| std::env::var(b).ok())
+        .filter(|s| !s.is_empty())
+}
+
+impl VaultArgs {
+    pub fn settings(&self) -> Result<VaultSettings, VaultError> {
+        let token = match &self.token_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .map_err(|source| VaultError::TokenFile {
+                    path: p.clone(),
+                    source,
+                })?,
+            None => env_either("VAULT_TOKEN", "BAO_TOKEN").unwrap_or_default(),
+        };
+        Ok(VaultSettings {
+            addr: self
+                .vault_addr
+                .clone()
+                .or_else(|| env_either("VAULT_ADDR", "BAO_ADDR"))
+                .unwrap_or_else(|| "http://127.0.0.1:8200".into()),
+            token: Secret::new(token),
+            wrapped: self.wrapped_token,
+            cacert: self
+                .vault_cacert
+                .clone()
+                .or_else(|| env_either("VAULT_CACERT", "BAO_CACERT").map(PathBuf::from)),
+            namespace: self
+                .vault_namespace
+                .clone()
+                .or_else(|| env_either("VAULT_NAMESPACE", "BAO_NAMESPACE")),
+            attempts: self.vault_attempts,
+        })
+    }
+
+    pub async fn connect(&self, policy: String) -> Result<Vault, VaultError> {
+        Vault::connect(&self.settings()?, policy).await
+    }
+}
+
+/// Which cluster, and the Vault mounts it uses.
+#[derive(Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// Cluster name.
+    #[arg(long, env = "JSS_CLUSTER")]
+    pub cluster: String,
+    /// JWT auth mount of the cluster [default: jss-<cluster>]
+    #[arg(long)]
+    pub mount: Option<String>,
+    /// PKI mount holding the root CA.
+    #[arg(long, default_value = "pki")]
+    pub pki_mount: String,
+    /// KV-v2 mount for the registration lock (and the ti-demo secrets).
+    #[arg(long, default_value = "secret")]
+    pub kv_mount: String,
+    /// Seconds a registrant may hold the registration lock.
+    #[arg(long, default_value_t = 30)]
+    pub lock_ttl: u64,
+    /// Seconds to wait for the registration lock.
+    #[arg(long, default_value_t = 120)]
+    pub lock_wait: u64,
+}
+
+impl ClusterArgs {
+    pub fn mount(&self) -> String {
+        self.mount
+            .clone()
+            .unwrap_or_else(|| format!("jss-{}", self.cluster))
+    }
+
+    pub fn target(&self, who: &str) -> Target {
+        let mount = self.mount();
+        let mut lock = LockSpec::for_mount(&self.kv_mount, &mount);
+        lock.ttl = std::time::Duration::from_secs(self.lock_ttl.max(10));
+        lock.wait = std::time::Duration::from_secs(self.lock_wait);
+        Target {
+            mount,
+            lock,
+            holder: holder_id(who),
+        }
+    }
+
+    pub fn paths(&self) -> Paths {
+        let mount = self.mount();
+        Paths {
+            lock_path: LockSpec::for_mount(&self.kv_mount, &mount).path,
+            mount,
+            pki_mount: self.pki_mount.clone(),
+            kv_mount: self.kv_mount.clone(),
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        csr::check_name("cluster name", &self.cluster)?;
+        csr::check_name("mount", &self.mount())?;
+        csr::check_name("pki mount", &self.pki_mount)?;
+        csr::check_name("kv mount", &self.kv_mount)?;
+        Ok(())
+    }
+}
+
+/// `who@host:pid:random`, to tell lock holders apart in errors.
+fn holder_id(who: &str) -> String {
+    let mut b = [0u8; 6];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    let host = hostname().unwrap_or_else(|| "unknown".into());
+    format!("{who}@{host}:{}:{}", std::process::id(), hex(&b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ClusterInitArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Cluster region (pinned by the role's bound_claims).
+    #[arg(long, env = "JSS_REGION")]
+    pub region: String,
+    /// Token issuer, Vault's bound_issuer [default: jss://<cluster>]
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Role name on the JWT mount (also the mount's default role).
+    #[arg(long, default_value = "jss")]
+    pub role: String,
+    /// Audience the role accepts.
+    #[arg(long, default_value = "vault")]
+    pub audience: String,
+    /// TTL of the Vault tokens a login gives (short: tokens are re-minted).
+    #[arg(long, default_value = "5m")]
+    pub token_ttl: String,
+    /// Common name of the root CA, if one is created.
+    #[arg(long, default_value = "JSS root CA")]
+    pub root_cn: String,
+    /// TTL of the root CA, if one is created (also the PKI mount's max TTL).
+    #[arg(long, default_value = "87600h")]
+    pub root_ttl: String,
+}
+
+/// Who the node is and where it registers.
+#[derive(Args, Clone, Debug)]
+pub struct NodeIdArgs {
+    /// Cluster region.
+    #[arg(long, env = "JSS_REGION")]
+    pub region: String,
+    /// Node name [default: NODE_NAME, then the hostname]
+    #[arg(long, env = "NODE_NAME")]
+    pub node: Option<String>,
+}
+
+impl NodeIdArgs {
+    fn identity(&self, cluster: &str) -> Result<NodeIdentity, Error> {
+        let node = self
+            .node
+            .clone()
+            .or_else(hostname)
+            .ok_or(Error::NoNodeName)?;
+        Ok(NodeIdentity::new(&node, cluster, &self.region)?)
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub id: NodeIdArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Lifetime of the node CA certificate.
+    #[arg(long, default_value = "720h")]
+    pub ttl: String,
+    /// Re-sign an existing certificate once this share of its lifetime is left.
+    #[arg(long, default_value_t = 0.2)]
+    pub renew_below: f64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub register: RegisterArgs,
+    /// Only renew when less than this share of the lifetime is left (for timers).
+    #[arg(long)]
+    pub if_below: Option<f64>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DeregisterArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Deregister this public key (SPKI PEM) instead of the node key in --state-dir.
+    #[arg(long)]
+    pub public_key: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Check the registration in this cluster's mount (needs a Vault token).
+    #[arg(long, env = "JSS_CLUSTER")]
+    pub cluster: Option<String>,
+    /// JWT auth mount [default: jss-<cluster>]
+    #[arg(long)]
+    pub mount: Option<String>,
+    /// PKI mount (named in the policy printed on 403).
+    #[arg(long, default_value = "pki")]
+    pub pki_mount: String,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CsrArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Cluster name.
+    #[arg(long, env = "JSS_CLUSTER")]
+    pub cluster: String,
+    #[command(flatten)]
+    pub id: NodeIdArgs,
+    /// Where to write the CSR (PEM).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SignArgs {
+    /// The node's CSR (from `jss-bootstrap node csr`).
+    #[arg(long)]
+    pub csr: PathBuf,
+    /// Where to write the chain (node certificate, then root; PEM).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Lifetime of the node CA certificate.
+    #[arg(long, default_value = "720h")]
+    pub ttl: String,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct InstallChainArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The chain from `jss-bootstrap node sign`.
+    pub chain: PathBuf,
+}
+
+/// Runs a parsed command, writing its report to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(dispatch(cli, out))
+}
+
+async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    match cli.cmd {
+        Cmd::Cluster(ClusterCmd::Init(a)) => {
+            a.cluster.check()?;
+            csr::check_name("region", &a.region)?;
+            let v = a.vault.connect(a.cluster.paths().cluster_init()).await?;
+            let spec = ClusterSpec {
+                cluster: a.cluster.cluster.clone(),
+                region: a.region.clone(),
+                mount: a.cluster.mount(),
+                pki_mount: a.cluster.pki_mount.clone(),
+                kv_mount: a.cluster.kv_mount.clone(),
+                issuer: a
+                    .issuer
+                    .clone()
+                    .unwrap_or_else(|| format!("jss://{}", a.cluster.cluster)),
+                role: a.role.clone(),
+                audience: a.audience.clone(),
+                token_ttl: a.token_ttl.clone(),
+                root_cn: a.root_cn.clone(),
+                root_ttl: a.root_ttl.clone(),
+            };
+            for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
+                let _ = writeln!(out, "{s}");
+            }
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Init(k)) => {
+            let s = node::open_key(&k.config(), KeyPolicy::CreateIfMissing, out)?;
+            let _ = write!(out, "{}", s.public_key().spki_pem());
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Register(a)) => register(&a, false, None, out).await,
+        Cmd::Node(NodeCmd::Renew(a)) => register(&a.register, true, a.if_below, out).await,
+        Cmd::Node(NodeCmd::Deregister(a)) => {
+            a.cluster.check()?;
+            let v = a.vault.connect(a.cluster.paths().deregister()).await?;
+            let key = node::key_for_deregister(a.public_key.as_deref(), &a.key.config(), out)?;
+            node::deregister(&v, &a.cluster.target("deregister"), &key, out).await?;
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Status(a)) => {
+            let Some(cluster) = &a.cluster else {
+                node::status(&a.key.config(), None, out).await?;
+                return Ok(());
+            };
+            let mount = a.mount.clone().unwrap_or_else(|| format!("jss-{cluster}"));
+            let paths = Paths {
+                mount: mount.clone(),
+                pki_mount: a.pki_mount.clone(),
+                kv_mount: String::new(),
+                lock_path: String::new(),
+            };
+            let v = a.vault.connect(paths.status()).await?;
+            node::status(&a.key.config(), Some((&v, &mount)), out).await?;
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Csr(a)) => {
+            let id = a.id.identity(&a.cluster)?;
+            node::make_csr(&a.key.config(), &id, &a.out, out)?;
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Sign(a)) => {
+            a.cluster.check()?;
+            let v = a.vault.connect(a.cluster.paths().register()).await?;
+            let spec = SignSpec {
+                pki_mount: a.cluster.pki_mount.clone(),
+                ttl: a.ttl.clone(),
+                target: a.cluster.target("sign"),
+            };
+            node::sign(&v, &a.csr, &a.cluster.cluster, &spec, &a.out, out).await?;
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::InstallChain(a)) => {
+            node::install_chain(&a.key.config(), &a.chain, out)?;
+            Ok(())
+        }
+    }
+}
+
+async fn register(
+    a: &RegisterArgs,
+    renew: bool,
+    if_below: Option<f64>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    a.cluster.check()?;
+    let id = a.id.identity(&a.cluster.cluster)?;
+    let v = a.vault.connect(a.cluster.paths().register()).await?;
+    let spec = SignSpec {
+        pki_mount: a.cluster.pki_mount.clone(),
+        ttl: a.ttl.clone(),
+        target: a.cluster.target(&id.node),
+    };
+    // `renew --if-below F` renews only under F; plain `renew` always does.
+    let (below, force) = match (renew, if_below) {
+        (true, Some(f)) => (f, false),
+        (true, None) => (a.renew_below, true),
+        (false, _) => (a.renew_below, false),
+    };
+    node::register(&v, &a.key.config(), &id, &spec, below, force, out).await?;
+    Ok(())
+}

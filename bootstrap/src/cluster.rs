@@ -1,0 +1,396 @@
+//! `cluster init`: the Vault side of one cluster, idempotent. It makes sure
+//! the KV-v2 and PKI mounts and the root CA exist, enables the cluster's JWT
+//! auth mount with its config, writes the role in full and the templated
+//! policies, and reports what it created and what it found.
+
+use std::collections::HashMap;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use vaultrs::api::auth::oidc::requests::SetRoleRequest;
+use vaultrs::api::sys::requests::{EnableEngineDataConfig, EnableEngineRequest};
+use vaultrs::sys;
+
+use crate::policy::{self, TI_DEMO_ALL, TI_DEMO_RI};
+use crate::register::{self, RegisterError, Target};
+use crate::vault::{Vault, VaultError};
+use crate::{pki, policy::MAPPED_CLAIMS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{path}/ is mounted as {found:?}, not {want}; choose another mount with {flag}")]
+    WrongMountType {
+        path: String,
+        found: String,
+        want: &'static str,
+        flag: &'static str,
+    },
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// Everything `cluster init` sets up.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub cluster: String,
+    pub region: String,
+    pub mount: String,
+    pub pki_mount: String,
+    pub kv_mount: String,
+    pub issuer: String,
+    pub role: String,
+    pub audience: String,
+    pub token_ttl: String,
+    pub root_cn: String,
+    pub root_ttl: String,
+}
+
+/// One line of the report: what, and whether it was created or found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub what: String,
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:<8} {}", self.outcome, self.what)?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+fn step(what: impl Into<String>, outcome: &'static str, detail: impl Into<String>) -> Step {
+    Step {
+        what: what.into(),
+        outcome,
+        detail: detail.into(),
+    }
+}
+
+pub async fn init(
+    v: &Vault,
+    spec: &ClusterSpec,
+    target: &Target,
+) -> Result<Vec<Step>, ClusterError> {
+    let mut steps = Vec::new();
+    let mounts = v
+        .retry(|| async {
+            sys::mount::list(v.client())
+                .await
+                .map_err(|e| v.classify(e, "list secret mounts", "sys/mounts"))
+        })
+        .await?;
+
+    // KV-v2: the lock documents and the secrets the policies grant.
+    match mounts.get(&format!("{}/", spec.kv_mount)) {
+        Some(m) => {
+            let version = m.options.as_ref().and_then(|o| o.get("version"));
+            if m.mount_type != "kv" || version.map(String::as_str) != Some("2") {
+                return Err(ClusterError::WrongMountType {
+                    path: spec.kv_mount.clone(),
+                    found: format!("{} (version {version:?})", m.mount_type),
+                    want: "kv version 2",
+                    flag: "--kv-mount",
+                });
+            }
+            steps.push(step(format!("kv-v2 mount {}/", spec.kv_mount), "found", ""));
+        }
+        None => {
+            let opts = HashMap::from([("version".to_string(), "2".to_string())]);
+            enable_engine(v, &spec.kv_mount, "kv", Some(opts), None).await?;
+            steps.push(step(
+                format!("kv-v2 mount {}/", spec.kv_mount),
+                "created",
+                "",
+            ));
+        }
+    }
+
+    // PKI mount and root.
+    match mounts.get(&format!("{}/", spec.pki_mount)) {
+        Some(m) if m.mount_type != "pki" => {
+            return Err(ClusterError::WrongMountType {
+                path: spec.pki_mount.clone(),
+                found: m.mount_type.clone(),
+                want: "pki",
+                flag: "--pki-mount",
+            });
+        }
+        Some(_) => steps.push(step(format!("pki mount {}/", spec.pki_mount), "found", "")),
+        None => {
+            // The mount's max TTL caps both the root and the node certificates.
+            let cfg = EnableEngineDataConfig {
+                max_lease_ttl: Some(spec.root_ttl.clone()),
+                ..Default::default()
+            };
+            enable_engine(v, &spec.pki_mount, "pki", None, Some(cfg)).await?;
+            steps.push(step(
+                format!("pki mount {}/", spec.pki_mount),
+                "created",
+                "",
+            ));
+        }
+    }
+    match pki::root_ca(v, &spec.pki_mount).await? {
+        Some(_) => steps.push(step(format!("root CA in {}/", spec.pki_mount), "found", "")),
+        None => {
+            pki::generate_root(v, &spec.pki_mount, &spec.root_cn, &spec.root_ttl).await?;
+            steps.push(step(
+                format!("root CA in {}/", spec.pki_mount),
+                "created",
+                format!("P-256, CN={}, ttl {}", spec.root_cn, spec.root_ttl),
+            ));
+        }
+    }
+
+    // The cluster's JWT auth mount.
+    let accessor = ensure_auth_mount(v, spec, &mut steps).await?;
+
+    // Config: issuer and algorithms; keys are kept (placeholder when none).
+    let fields = register::base_fields(&spec.issuer, &spec.role);
+    let outcome = register::ensure_config(v, target, &fields).await?;
+    steps.push(step(
+        format!("auth/{}/config", spec.mount),
+        outcome,
+        format!("ES256, bound_issuer {}", spec.issuer),
+    ));
+
+    // Role, always in full: a partial write would reset omitted fields.
+    let role_path = format!("auth/{}/role/{}", spec.mount, spec.role);
+    let current = match v
+        .raw(&format!("read {role_path}"), Method::GET, &role_path, None)
+        .await
+    {
+        Ok(body) => body.and_then(|mut b| b.get_mut("data").map(Value::take)),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let outcome = match &current {
+        Some(cur) if role_matches(cur, spec) => "found",
+        Some(_) => "updated",
+        None => "created",
+    };
+    if outcome != "found" {
+        write_role(v, spec, &role_path).await?;
+    }
+    steps.push(step(
+        role_path.clone(),
+        outcome,
+        format!(
+            "jwt, user_claim sub, aud {}, pinned to cluster-name={} cluster-region={}, token_ttl {}",
+            spec.audience, spec.cluster, spec.region, spec.token_ttl
+        ),
+    ));
+
+    // Templated policies, one block per cluster mount accessor.
+    for name in [TI_DEMO_ALL, TI_DEMO_RI] {
+        let path = format!("sys/policies/acl/{name}");
+        let current = v
+            .retry(|| async {
+                match sys::policy::read(v.client(), name).await {
+                    Ok(p) => Ok(Some(p.rules)),
+                    Err(e) => match v.classify(e, "read a policy", &path) {
+                        e if e.is_not_found() => Ok(None),
+                        e => Err(e),
+                    },
+                }
+            })
+            .await?;
+        let text = policy::merge(
+            current.as_deref().unwrap_or(""),
+            name,
+            &spec.kv_mount,
+            &accessor,
+        );
+        let outcome = match &current {
+            Some(c) if c.trim() == text.trim() => "found",
+            Some(_) => "updated",
+            None => "created",
+        };
+        if outcome != "found" {
+            v.retry(|| async {
+                sys::policy::set(v.client(), name, &text)
+                    .await
+                    .map_err(|e| v.classify(e, "write a policy", &path))
+            })
+            .await?;
+        }
+        steps.push(step(
+            format!("policy {name}"),
+            outcome,
+            format!("accessor {accessor}"),
+        ));
+    }
+    Ok(steps)
+}
+
+async fn enable_engine(
+    v: &Vault,
+    path: &str,
+    kind: &str,
+    options: Option<HashMap<String, String>>,
+    config: Option<EnableEngineDataConfig>,
+) -> Result<(), VaultError> {
+    let api_path = format!("sys/mounts/{path}");
+    v.retry(|| async {
+        let mut b = EnableEngineRequest::builder();
+        if let Some(o) = &options {
+            b.options(o.clone());
+        }
+        if let Some(c) = &config {
+            b.config(c.clone());
+        }
+        sys::mount::enable(v.client(), path, kind, Some(&mut b))
+            .await
+            .map_err(|e| v.classify(e, "enable a secrets engine", &api_path))
+    })
+    .await
+}
+
+/// Enables the JWT auth mount if absent; returns its accessor.
+async fn ensure_auth_mount(
+    v: &Vault,
+    spec: &ClusterSpec,
+    steps: &mut Vec<Step>,
+) -> Result<String, ClusterError> {
+    let list = || async {
+        v.retry(|| async {
+            sys::auth::list(v.client())
+                .await
+                .map_err(|e| v.classify(e, "list auth mounts", "sys/auth"))
+        })
+        .await
+    };
+    let key = format!("{}/", spec.mount);
+    if let Some(m) = list().await?.get(&key) {
+        if m.mount_type != "jwt" {
+            return Err(ClusterError::WrongMountType {
+                path: format!("auth/{}", spec.mount),
+                found: m.mount_type.clone(),
+                want: "jwt",
+                flag: "--mount",
+            });
+        }
+        steps.push(step(format!("auth/{}/ (jwt)", spec.mount), "found", ""));
+        return Ok(m.accessor.clone());
+    }
+    let api_path = format!("sys/auth/{}", spec.mount);
+    v.retry(|| async {
+        sys::auth::enable(v.client(), &spec.mount, "jwt", None)
+            .await
+            .map_err(|e| v.classify(e, "enable the JWT auth mount", &api_path))
+    })
+    .await?;
+    let accessor = list()
+        .await?
+        .get(&key)
+        .map(|m| m.accessor.clone())
+        .ok_or_else(|| VaultError::Answer {
+            what: "enable the JWT auth mount".into(),
+            detail: format!("auth/{} is not listed after enabling it", spec.mount),
+        })?;
+    steps.push(step(format!("auth/{}/ (jwt)", spec.mount), "created", ""));
+    Ok(accessor)
+}
+
+async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<(), VaultError> {
+    let claim_mappings: HashMap<String, String> = MAPPED_CLAIMS
+        .iter()
+        .map(|c| (c.to_string(), c.to_string()))
+        .collect();
+    let bound_claims = HashMap::from([
+        ("cluster-name".to_string(), spec.cluster.clone()),
+        ("cluster-region".to_string(), spec.region.clone()),
+    ]);
+    v.retry(|| async {
+        let mut b = SetRoleRequest::builder();
+        b.role_type("jwt")
+            .bound_audiences(vec![spec.audience.clone()])
+            .bound_claims_type("glob")
+            .bound_claims(bound_claims.clone())
+            .claim_mappings(claim_mappings.clone())
+            .token_ttl(spec.token_ttl.clone())
+            .token_max_ttl(spec.token_ttl.clone())
+            .token_policies(vec![TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()]);
+        vaultrs::auth::oidc::role::set(
+            v.client(),
+            &spec.mount,
+            &spec.role,
+            "sub",
+            vec![],
+            Some(&mut b),
+        )
+        .await
+        .map_err(|e| v.classify(e, "write the role", role_path))
+    })
+    .await
+}
+
+/// Whether the role read from Vault already is what `write_role` writes.
+fn role_matches(cur: &Value, spec: &ClusterSpec) -> bool {
+    let mappings: serde_json::Map<String, Value> = MAPPED_CLAIMS
+        .iter()
+        .map(|c| (c.to_string(), json!(c)))
+        .collect();
+    let ttl = parse_ttl(&spec.token_ttl);
+    let sorted = |v: Option<&Value>| {
+        let mut a: Vec<String> = v
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        a.sort();
+        a
+    };
+    cur.get("role_type") == Some(&json!("jwt"))
+        && cur.get("user_claim") == Some(&json!("sub"))
+        && sorted(cur.get("bound_audiences")) == vec![spec.audience.clone()]
+        && cur.get("bound_claims_type") == Some(&json!("glob"))
+        && cur.get("bound_claims")
+            == Some(&json!({"cluster-name": spec.cluster, "cluster-region": spec.region}))
+        && cur.get("claim_mappings") == Some(&Value::Object(mappings))
+        && ttl.is_some()
+        && cur.get("token_ttl").and_then(Value::as_u64) == ttl
+        && cur.get("token_max_ttl").and_then(Value::as_u64) == ttl
+        && sorted(cur.get("token_policies"))
+            == vec![TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()]
+}
+
+/// `90`, `90s`, `5m`, `2h` as seconds (the forms Vault reports back as numbers).
+fn parse_ttl(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        's' => Some(n),
+        'm' => n.checked_mul(60),
+        'h' => n.checked_mul(3600),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_like_vault_reports_them() {
+        assert_eq!(parse_ttl("5m"), Some(300));
+        assert_eq!(parse_ttl("90"), Some(90));
+        assert_eq!(parse_ttl("2h"), Some(7200));
+        assert_eq!(parse_ttl("1d"), None);
+    }
+}

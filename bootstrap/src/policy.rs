@@ -1,0 +1,173 @@
+//! Vault ACL policies: the templated policies `cluster init` writes (the
+//! original TSI policy types), and the minimal policy each command needs,
+//! printed when Vault answers 403.
+
+/// The claims every role maps into entity-alias metadata: anything a
+/// policy may template on (DESIGN.md, "Token format").
+pub const MAPPED_CLAIMS: &[&str] = &[
+    "cluster-name",
+    "cluster-region",
+    "machineid",
+    "node",
+    "namespace",
+    "pod",
+    "pod-uid",
+    "service-account",
+    "container",
+    "images-names",
+    "images",
+    "image",
+];
+
+/// Names of the templated policies, as in TSI.
+pub const TI_DEMO_ALL: &str = "ti-demo-all";
+pub const TI_DEMO_RI: &str = "ti-demo-ri";
+
+fn meta(accessor: &str, claim: &str) -> String {
+    format!("{{{{identity.entity.aliases.{accessor}.metadata.{claim}}}}}")
+}
+
+/// One cluster's block of a templated policy, between marker lines so that
+/// several clusters (several mount accessors) can share one policy.
+pub fn block(policy: &str, kv_mount: &str, accessor: &str) -> String {
+    let m = |c| meta(accessor, c);
+    let path = match policy {
+        TI_DEMO_ALL => format!(
+            "{kv_mount}/data/ti-demo-all/{}/{}/{}/{}/*",
+            m("cluster-region"),
+            m("cluster-name"),
+            m("namespace"),
+            m("images")
+        ),
+        _ => format!(
+            "{kv_mount}/data/ti-demo-ri/{}/{}/*",
+            m("cluster-region"),
+            m("images")
+        ),
+    };
+    format!(
+        "# jss-begin {accessor}\npath \"{path}\" {{\n  capabilities = [\"read\"]\n}}\n# jss-end {accessor}\n"
+    )
+}
+
+/// Puts this accessor's block into an existing policy text, replacing an
+/// older block for the same accessor and keeping everything else.
+pub fn merge(existing: &str, policy: &str, kv_mount: &str, accessor: &str) -> String {
+    let begin = format!("# jss-begin {accessor}");
+    let end = format!("# jss-end {accessor}");
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in existing.lines() {
+        if line.trim() == begin {
+            skipping = true;
+            continue;
+        }
+        if skipping {
+            if line.trim() == end {
+                skipping = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !out.trim().is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    if out.trim().is_empty() {
+        out = format!(
+            "# {policy}: managed by jss-bootstrap cluster init (one block per cluster)\n\n"
+        );
+    }
+    out.push_str(&block(policy, kv_mount, accessor));
+    out
+}
+
+/// What the commands touch, to name in the minimal policies.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub mount: String,
+    pub pki_mount: String,
+    pub kv_mount: String,
+    pub lock_path: String,
+}
+
+impl Paths {
+    fn lock(&self) -> String {
+        format!(
+            "path \"{kv}/data/{p}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"{kv}/metadata/{p}\" {{\n  capabilities = [\"read\"]\n}}\n",
+            kv = self.kv_mount,
+            p = self.lock_path
+        )
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "path \"auth/{}/config\" {{\n  capabilities = [\"read\", \"update\"]\n}}\n",
+            self.mount
+        )
+    }
+
+    /// `node register`, `node renew`, `node sign`.
+    pub fn register(&self) -> String {
+        format!(
+            "path \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/sign-intermediate\" {{\n  capabilities = [\"update\"]\n}}\n{}{}",
+            self.config(),
+            self.lock(),
+            pki = self.pki_mount
+        )
+    }
+
+    /// `node deregister`.
+    pub fn deregister(&self) -> String {
+        format!("{}{}", self.config(), self.lock())
+    }
+
+    /// `node status`.
+    pub fn status(&self) -> String {
+        format!(
+            "path \"auth/{}/config\" {{\n  capabilities = [\"read\"]\n}}\npath \"{}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\n",
+            self.mount, self.pki_mount
+        )
+    }
+
+    /// `cluster init`.
+    pub fn cluster_init(&self) -> String {
+        format!(
+            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policies/acl/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policies/acl/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}",
+            self.config(),
+            self.lock(),
+            pki = self.pki_mount,
+            kv = self.kv_mount,
+            m = self.mount,
+            all = TI_DEMO_ALL,
+            ri = TI_DEMO_RI,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_replaced_per_accessor_and_others_kept() {
+        let a = merge("", TI_DEMO_ALL, "secret", "auth_jwt_a");
+        assert!(a.contains("identity.entity.aliases.auth_jwt_a.metadata.namespace"));
+        let ab = merge(&a, TI_DEMO_ALL, "secret", "auth_jwt_b");
+        assert!(ab.contains("auth_jwt_a") && ab.contains("auth_jwt_b"));
+        let again = merge(&ab, TI_DEMO_ALL, "secret", "auth_jwt_a");
+        assert_eq!(again.matches("# jss-begin auth_jwt_a").count(), 1);
+        assert_eq!(again.matches("# jss-begin auth_jwt_b").count(), 1);
+        // Merging is stable: a second merge of the same block changes nothing.
+        assert_eq!(merge(&again, TI_DEMO_ALL, "secret", "auth_jwt_a"), again);
+        assert_eq!(merge(&a, TI_DEMO_ALL, "secret", "auth_jwt_a"), a);
+    }
+
+    #[test]
+    fn ri_path_has_region_and_images_only() {
+        let b = block(TI_DEMO_RI, "secret", "acc");
+        assert!(b.contains("secret/data/ti-demo-ri/{{identity.entity.aliases.acc.metadata.cluster-region}}/{{identity.entity.aliases.acc.metadata.images}}/*"));
+        assert!(!b.contains("namespace"));
+    }
+}

@@ -1,0 +1,323 @@
+//! The node keys of a cluster in its JWT auth mount's
+//! `jwt_validation_pubkeys`, changed only under the registration lock.
+//!
+//! Vault replaces the whole config on every write, so each write sends back
+//! every field it read, with the keys as ONE comma-joined string (a JSON array
+//! of ~1,000 keys is refused as too complex). The mount refuses a config
+//! without keys, so an empty cluster holds one placeholder key that nobody
+//! can sign for (see [`placeholder_key`]).
+
+use jss::signer::NodePublicKey;
+use p256::pkcs8::DecodePublicKey as _;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::lock::{self, LockError, LockSpec};
+use crate::vault::{Vault, VaultError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(
+        "auth/{mount} has no config yet: run `jss-bootstrap cluster init` for this cluster first"
+    )]
+    NotInitialised { mount: String },
+    #[error(
+        "the registration lock on auth/{mount} ran out before the write; nothing was written, retry"
+    )]
+    LockLost { mount: String },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// The JWT mount of one cluster and the lock that guards its config.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub mount: String,
+    pub lock: LockSpec,
+    /// Identifies this registrant in the lock document.
+    pub holder: String,
+}
+
+/// The mount's config as read: every field, and the keys split out.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    fields: Map<String, Value>,
+    pub keys: Vec<String>,
+}
+
+impl MountConfig {
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name)
+    }
+
+    /// Node keys, without the placeholder.
+    pub fn node_keys(&self) -> Vec<&String> {
+        let ph = placeholder_key();
+        self.keys.iter().filter(|k| !same_key(k, &ph)).collect()
+    }
+
+    pub fn contains(&self, key: &NodePublicKey) -> bool {
+        self.keys.iter().any(|k| same_key(k, key))
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Added { total: usize },
+    AlreadyPresent { total: usize },
+    Removed { total: usize },
+    WasAbsent { total: usize },
+}
+
+/// Compares a PEM from the mount with a key (as points, not text).
+fn same_key(pem: &str, key: &NodePublicKey) -> bool {
+    p256::PublicKey::from_public_key_pem(pem.trim()).is_ok_and(|k| &k == key.key())
+}
+
+/// A P-256 point with no known private key: x is a hash of a fixed label
+/// (try-and-increment), so nobody can sign for it. It keeps the mount's
+/// config valid while the cluster has no node keys.
+pub fn placeholder_key() -> NodePublicKey {
+    for counter in 0u32.. {
+        let mut h = Sha256::new();
+        h.update(b"jss: placeholder for an empty jwt_validation_pubkeys; no private key exists");
+        h.update(counter.to_be_bytes());
+        let mut sec1 = [0u8; 33];
+        sec1[0] = 0x02;
+        sec1[1..].copy_from_slice(&h.finalize());
+        if let Ok(k) = p256::PublicKey::from_sec1_bytes(&sec1) {
+            return NodePublicKey::new(k);
+        }
+    }
+    unreachable!("about half of all x coordinates are on the curve")
+}
+
+/// Reads `auth/<mount>/config`; `None` if it was never written.
+pub async fn read_config(v: &Vault, mount: &str) -> Result<Option<MountConfig>, VaultError> {
+    let path = format!("auth/{mount}/config");
+    let what = format!("read {path}");
+    let body = match v.raw(&what, Method::GET, &path, None).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(Value::Object(fields)) = body.and_then(|mut b| b.get_mut("data").map(Value::take))
+    else {
+        return Ok(None);
+    };
+    let keys = match fields.get("jwt_validation_pubkeys") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Some(Value::String(s)) => split_pems(s),
+        _ => Vec::new(),
+    };
+    Ok(Some(MountConfig { fields, keys }))
+}
+
+fn split_pems(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Writes the config: the fields read (or given), the keys as one string.
+pub async fn write_config(
+    v: &Vault,
+    mount: &str,
+    fields: &Map<String, Value>,
+    keys: &[String],
+) -> Result<(), VaultError> {
+    let mut body: Map<String, Value> = fields
+        .iter()
+        .filter(|(_, val)| match val {
+            Value::Null => false,
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => true,
+        })
+        .map(|(k, val)| (k.clone(), val.clone()))
+        .collect();
+    let joined = if keys.is_empty() {
+        placeholder_key().spki_pem()
+    } else {
+        keys.iter().map(|k| k.trim()).collect::<Vec<_>>().join(",")
+    };
+    body.insert("jwt_validation_pubkeys".into(), Value::String(joined));
+    let path = format!("auth/{mount}/config");
+    v.raw(
+        &format!("write {path}"),
+        Method::POST,
+        &path,
+        Some(&Value::Object(body)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The fields `cluster init` sets on a new or existing config.
+pub fn base_fields(issuer: &str, default_role: &str) -> Map<String, Value> {
+    let v = json!({
+        "bound_issuer": issuer,
+        "jwt_supported_algs": "ES256",
+        "default_role": default_role,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Runs `f` on the current config under the lock; writes what it returns.
+async fn modify<F>(v: &Vault, t: &Target, f: F) -> Result<Change, RegisterError>
+where
+    F: FnOnce(&MountConfig) -> (Option<Vec<String>>, Change),
+{
+    let held = lock::acquire(v, &t.lock, &t.holder).await?;
+    let result = async {
+        let cfg = read_config(v, &t.mount)
+            .await?
+            .ok_or_else(|| RegisterError::NotInitialised {
+                mount: t.mount.clone(),
+            })?;
+        let (new_keys, change) = f(&cfg);
+        if let Some(keys) = new_keys {
+            if !held.still_ours() {
+                return Err(RegisterError::LockLost {
+                    mount: t.mount.clone(),
+                });
+            }
+            write_config(v, &t.mount, &cfg.fields, &keys).await?;
+        }
+        Ok(change)
+    }
+    .await;
+    // Release even after a failure; a failed release only delays others.
+    let released = lock::release(v, &t.lock, held).await;
+    let change = result?;
+    released?;
+    Ok(change)
+}
+
+/// Adds `key` to the mount (idempotent), dropping the placeholder.
+pub async fn add(v: &Vault, t: &Target, key: &NodePublicKey) -> Result<Change, RegisterError> {
+    modify(v, t, |cfg| {
+        let mut keys: Vec<String> = cfg.node_keys().into_iter().cloned().collect();
+        if cfg.contains(key) {
+            (None, Change::AlreadyPresent { total: keys.len() })
+        } else {
+            keys.push(key.spki_pem().trim().to_string());
+            let total = keys.len();
+            (Some(keys), Change::Added { total })
+        }
+    })
+    .await
+}
+
+/// Removes `key` from the mount (idempotent).
+pub async fn remove(v: &Vault, t: &Target, key: &NodePublicKey) -> Result<Change, RegisterError> {
+    modify(v, t, |cfg| {
+        let keys: Vec<String> = cfg
+            .node_keys()
+            .into_iter()
+            .filter(|k| !same_key(k, key))
+            .cloned()
+            .collect();
+        if cfg.contains(key) {
+            let total = keys.len();
+            (Some(keys), Change::Removed { total })
+        } else {
+            (None, Change::WasAbsent { total: keys.len() })
+        }
+    })
+    .await
+}
+
+/// Whether `key` is registered (no lock: a read).
+pub async fn is_registered(
+    v: &Vault,
+    mount: &str,
+    key: &NodePublicKey,
+) -> Result<bool, RegisterError> {
+    let cfg = read_config(v, mount)
+        .await?
+        .ok_or_else(|| RegisterError::NotInitialised {
+            mount: mount.to_string(),
+        })?;
+    Ok(cfg.contains(key))
+}
+
+/// Creates the config or brings `fields` up to date, keeping the keys
+/// (under the lock). Returns "created", "updated" or "found".
+pub async fn ensure_config(
+    v: &Vault,
+    t: &Target,
+    fields: &Map<String, Value>,
+) -> Result<&'static str, RegisterError> {
+    let held = lock::acquire(v, &t.lock, &t.holder).await?;
+    let result = async {
+        let outcome = match read_config(v, &t.mount).await? {
+            None => {
+                write_config(v, &t.mount, fields, &[]).await?;
+                "created"
+            }
+            Some(cfg) => {
+                let same = fields.iter().all(|(k, want)| match cfg.field(k) {
+                    Some(Value::Array(a)) => {
+                        let joined: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                        Some(joined.join(",").as_str()) == want.as_str()
+                    }
+                    got => got == Some(want),
+                });
+                if same {
+                    "found"
+                } else {
+                    let mut merged = cfg.fields.clone();
+                    merged.extend(fields.clone());
+                    let keys: Vec<String> = cfg.node_keys().into_iter().cloned().collect();
+                    write_config(v, &t.mount, &merged, &keys).await?;
+                    "updated"
+                }
+            }
+        };
+        Ok::<_, RegisterError>(outcome)
+    }
+    .await;
+    let released = lock::release(v, &t.lock, held).await;
+    let outcome = result?;
+    released?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_is_stable_and_recognised() {
+        let a = placeholder_key();
+        assert_eq!(a, placeholder_key());
+        let cfg = MountConfig {
+            fields: Map::new(),
+            keys: vec![a.spki_pem()],
+        };
+        assert!(cfg.contains(&a));
+        assert!(cfg.node_keys().is_empty());
+    }
+
+    #[test]
+    fn comma_joined_keys_split_back() {
+        let k1 = placeholder_key().spki_pem();
+        let joined = format!("{},{}", k1.trim(), k1.trim());
+        assert_eq!(split_pems(&joined).len(), 2);
+    }
+}
