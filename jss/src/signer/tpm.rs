@@ -3,7 +3,7 @@
 //! The key is an unrestricted ECC P-256 signing key created inside the TPM
 //! under an owner-hierarchy storage primary derived from a fixed template, so
 //! the primary is re-derived after every reboot and nothing but a TPM-wrapped
-//! blob touches the disk. One context, one loaded key handle and one HMAC
+//! blob touches the disk. One context, one loaded key handle and the password
 //! session are reused across signs behind a mutex (ESAPI contexts are not for
 //! concurrent use). A failed command drops the context; the next sign
 //! reconnects, so a TPM that comes back is used again without a restart.
@@ -16,16 +16,15 @@ use std::sync::Mutex;
 use sha2::{Digest as _, Sha256};
 use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
     Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, Private, Public, PublicBuilder,
-    PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinition,
-    SymmetricDefinitionObject,
+    PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
@@ -76,26 +75,11 @@ fn connect(tcti: &str) -> Result<Context, SignerError> {
         tcti: tcti.to_string(),
         source,
     })?;
-    // One unsalted HMAC session for the life of the context: starting and
-    // flushing one per command costs ~10x the sign itself on swtpm.
-    let session = ctx
-        .start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Hmac,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )
-        .map_err(|source| SignerError::TpmUnreachable {
-            tcti: tcti.to_string(),
-            source,
-        })?
-        .ok_or(SignerError::TpmAnswer {
-            op: "start session",
-            what: "no session handle",
-        })?;
-    ctx.set_sessions((Some(session), None, None));
+    // The key's auth value is empty, so an unsalted HMAC session would prove
+    // nothing more than the password session does, and on swtpm it costs
+    // ~3.0 ms per sign against ~0.66 ms (measured here with jss-bench). The
+    // password session needs no start or flush: one session for every command.
+    ctx.set_sessions((Some(AuthSession::Password), None, None));
     Ok(ctx)
 }
 

@@ -1,0 +1,109 @@
+//! Benchmarks that print figures, as ratios against references measured in
+//! the same run (these machines are shared and noisy).
+//!
+//! `jss-bench sign [--seconds N]`: raw ES256 signs/s of the software signer,
+//! the TPM signer on a real swtpm, and `openssl speed ecdsap256` on one core.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jss::signer::{self, KeyPolicy, Signer, SignerConfig, SignerKind};
+use jss_tests::swtpm::Swtpm;
+
+fn rate(s: &dyn Signer, dur: Duration) -> f64 {
+    let msg = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9";
+    // warm up (connection, session, caches)
+    for _ in 0..10 {
+        s.sign(msg).unwrap();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < dur {
+        s.sign(msg).unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `openssl speed -seconds N ecdsap256` sign/s on one core.
+fn openssl_rate(seconds: u64) -> f64 {
+    let out = Command::new("openssl")
+        .args(["speed", "-seconds", &seconds.to_string(), "ecdsap256"])
+        .output()
+        .expect("run openssl speed (install openssl)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "256 bits ecdsa (nistp256)   0.0000s   0.0001s  29000.1  10000.2"
+    text.lines()
+        .find(|l| l.contains("ecdsa (nistp256)"))
+        .and_then(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(cols.len().checked_sub(2)?)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("cannot parse openssl speed output:\n{text}"))
+}
+
+fn open(kind: SignerKind, tcti: &str) -> (std::sync::Arc<dyn Signer>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignerConfig {
+        kind,
+        tcti: tcti.into(),
+        state_dir: dir.path().to_path_buf(),
+    };
+    (
+        signer::open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0,
+        dir,
+    )
+}
+
+fn sign_bench(seconds: u64) -> Vec<(String, f64)> {
+    let dur = Duration::from_secs(seconds);
+    let (sw, _d1) = open(SignerKind::Software, "");
+    let software = rate(sw.as_ref(), dur);
+    let tpm = Swtpm::start();
+    let (hw, _d2) = open(SignerKind::Tpm, &tpm.tcti());
+    let tpm_rate = rate(hw.as_ref(), dur);
+    let openssl = openssl_rate(seconds);
+    println!("== raw ES256 signing ({seconds} s each, one thread) ==");
+    println!(
+        "software signer (aws-lc-rs) : {software:>10.0} signs/s  ({:.1} us/sign)",
+        1e6 / software
+    );
+    println!(
+        "TPM signer (swtpm)          : {tpm_rate:>10.0} signs/s  ({:.2} ms/sign)",
+        1e3 / tpm_rate
+    );
+    println!("openssl speed ecdsap256     : {openssl:>10.0} signs/s  (reference)");
+    println!("ratio software / openssl    : {:>10.2}", software / openssl);
+    vec![
+        ("sign.software_per_s".into(), software),
+        ("sign.tpm_per_s".into(), tpm_rate),
+        ("sign.openssl_per_s".into(), openssl),
+        ("sign.software_over_openssl".into(), software / openssl),
+    ]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let mut figures = Vec::new();
+    if matches!(what, "sign" | "all") {
+        figures.extend(sign_bench(seconds));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--out") {
+        let path = args.get(i + 1).expect("--out FILE");
+        let body: String = figures
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.3}\n"))
+            .collect();
+        std::fs::write(path, body).unwrap();
+        println!("figures written to {path}");
+    }
+}
