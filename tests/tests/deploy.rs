@@ -870,3 +870,47 @@ fn owning_package(lib: &Path) -> String {
     }
     panic!("no Debian package owns {lib:?} (tried {candidates:?})");
 }
+
+/// `--flags` in an argument list.
+fn flags<'a>(args: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    args.into_iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split('=').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn bootstrap_flags_in_units_and_daemonset_exist() {
+    let (_, boot) = built_binaries();
+    let out = run_ok(Command::new(boot).args(["node", "register", "--help"]));
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let known = |flag: &str| {
+        help.lines()
+            .any(|l| l.trim_start().split([' ', ',']).next() == Some(flag))
+    };
+
+    let unit = fs::read_to_string(repo().join("systemd/jss-bootstrap.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let docs = yaml_docs(&render("base"));
+    let ds = find(&docs, "DaemonSet", "jss");
+    let init = &ds["spec"]["template"]["spec"]["initContainers"][0];
+    for (what, used) in [
+        ("jss-bootstrap.service", flags(exec.split_whitespace())),
+        (
+            "the DaemonSet's init container",
+            flags(strings(&init["command"])),
+        ),
+    ] {
+        assert!(used.len() >= 5, "{what}: {used:?}");
+        for flag in used {
+            assert!(
+                known(&flag),
+                "{what} passes {flag}, which `jss-bootstrap node register` does not know:\n{help}"
+            );
+        }
+    }
+    assert!(!known("--no-such-flag"));
+}
