@@ -190,7 +190,7 @@ pub async fn init(
 
     // Templated policies, one block per cluster mount accessor.
     for name in [TI_DEMO_ALL, TI_DEMO_RI] {
-        let path = format!("sys/policies/acl/{name}");
+        let path = format!("sys/policy/{name}");
         let current = v
             .retry(|| async {
                 match sys::policy::read(v.client(), name).await {

@@ -134,7 +134,7 @@ impl Paths {
     /// `cluster init`.
     pub fn cluster_init(&self) -> String {
         format!(
-            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policies/acl/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policies/acl/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}",
+            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}",
             self.config(),
             self.lock(),
             pki = self.pki_mount,

@@ -4,6 +4,7 @@
 //! Every fixture fails loudly when its tool is missing: `swtpm-ci/install-deps`
 //! installs them, and a test that silently skipped would prove nothing.
 
+pub mod bao;
 pub mod ca;
 pub mod net;
 pub mod swtpm;
