@@ -4,8 +4,10 @@
 //! `cache` → `signer`, with `token` encoding the JWS, `chain` holding the
 //! node certificate chain and `state` owning the node's files.
 
+pub mod attest;
 pub mod chain;
 pub mod claims;
+pub mod kubelet;
 pub mod signer;
 pub mod state;
 pub mod token;

@@ -25,6 +25,9 @@ enum Cmd {
         #[arg(long)]
         verbose: bool,
     },
+    /// Show which pod and container a process belongs to, and why it would
+    /// (not) get a token: JSON on stdout, the reason on stderr on failure.
+    Inspect(jss::attest::inspect::InspectArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +38,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().cmd {
+        Cmd::Inspect(args) => {
+            let report = jss::attest::inspect::run(&args)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Cmd::ImagesHash { images, verbose } => {
             if verbose {
                 eprintln!("images-names: {}", jss::claims::images_names(&images));

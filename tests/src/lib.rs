@@ -6,5 +6,7 @@
 
 pub mod bao;
 pub mod ca;
+pub mod kubelet;
 pub mod net;
+pub mod pods;
 pub mod swtpm;

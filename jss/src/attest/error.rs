@@ -1,0 +1,114 @@
+//! Attestation errors: what failed, for which process, and what to do.
+
+use std::path::PathBuf;
+
+use super::cgroup::CgroupError;
+use crate::kubelet::LookupError;
+
+/// How the server answers a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyClass {
+    /// 403: the caller is not a pod container we can vouch for.
+    Forbidden,
+    /// 401: the caller is not the process that connected (PID reuse).
+    Unauthorized,
+    /// 503: the kubelet is down, refuses us, is slow or talks nonsense.
+    Unavailable,
+    /// 500: our own environment is broken (cannot read /proc, …).
+    Internal,
+}
+
+impl DenyClass {
+    pub fn http_status(self) -> u16 {
+        match self {
+            DenyClass::Forbidden => 403,
+            DenyClass::Unauthorized => 401,
+            DenyClass::Unavailable => 503,
+            DenyClass::Internal => 500,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error(
+        "process {pid} is gone ({path}): it exited before it could be attested; call again from a live process"
+    )]
+    ProcessGone {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read {path} for process {pid}: {source}; JSS needs the host's /proc (check proc_root and that the daemon runs in the host PID namespace)"
+    )]
+    ProcRead {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed {path} for process {pid}: {reason}")]
+    ProcMalformed {
+        pid: i32,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "process {pid} is not in a Kubernetes pod container (cgroup {cgroup}); only pod containers on this node get tokens"
+    )]
+    NotInPod { pid: i32, cgroup: String },
+    #[error("process {pid}: its cgroups disagree about the pod or container (cgroup {cgroup})")]
+    CgroupConflict {
+        pid: i32,
+        cgroup: String,
+        #[source]
+        source: CgroupError,
+    },
+    #[error(
+        "process {pid} changed while it was attested ({detail}): the PID was reused or the caller changed identity; connect again"
+    )]
+    ProcessChanged { pid: i32, detail: String },
+    #[error("process {pid} (container {container_id}): {source}")]
+    Lookup {
+        pid: i32,
+        container_id: String,
+        #[source]
+        source: LookupError,
+    },
+}
+
+impl AttestError {
+    /// Short machine code: the JSON error code and the metrics label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AttestError::ProcessGone { .. } => "process_gone",
+            AttestError::ProcRead { .. } => "proc_unreadable",
+            AttestError::ProcMalformed { .. } => "proc_malformed",
+            AttestError::NotInPod { .. } => "not_in_pod",
+            AttestError::CgroupConflict { .. } => "cgroup_conflict",
+            AttestError::ProcessChanged { .. } => "process_changed",
+            AttestError::Lookup { source, .. } => source.code(),
+        }
+    }
+
+    pub fn class(&self) -> DenyClass {
+        match self {
+            AttestError::ProcessGone { .. } | AttestError::ProcessChanged { .. } => {
+                DenyClass::Unauthorized
+            }
+            AttestError::ProcRead { .. } | AttestError::ProcMalformed { .. } => DenyClass::Internal,
+            AttestError::NotInPod { .. } | AttestError::CgroupConflict { .. } => {
+                DenyClass::Forbidden
+            }
+            AttestError::Lookup { source, .. } => match source {
+                LookupError::NotFound { .. }
+                | LookupError::NotRunning { .. }
+                | LookupError::PodMismatch { .. } => DenyClass::Forbidden,
+                LookupError::Duplicate { .. } => DenyClass::Internal,
+                LookupError::Kubelet(_) => DenyClass::Unavailable,
+            },
+        }
+    }
+}

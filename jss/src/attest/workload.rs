@@ -1,0 +1,88 @@
+//! The attested caller, as claims are built from it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::kubelet::PodMatch;
+use crate::kubelet::podlist::image_digest;
+pub use crate::kubelet::{ContainerKind, OwnerReference};
+
+/// One container of the pod: its spec image and, once pulled, its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerImage {
+    pub name: String,
+    pub image: String,
+    pub digest: Option<String>,
+    pub kind: ContainerKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub service_account: String,
+    pub node_name: String,
+    pub container_name: String,
+    pub container_id: String,
+    /// The calling container's image reference, from the spec.
+    pub image: String,
+    /// `sha256:<hex>` from the calling container's status `imageID`.
+    pub image_digest: Option<String>,
+    /// Containers, then init containers, then ephemeral ones, in spec order.
+    pub images: Vec<ContainerImage>,
+    pub labels: BTreeMap<String, String>,
+    pub owner_references: Vec<OwnerReference>,
+}
+
+impl Workload {
+    pub fn from_match(m: PodMatch) -> Self {
+        let pod = m.pod;
+        let mut images = Vec::new();
+        for kind in [
+            ContainerKind::Container,
+            ContainerKind::Init,
+            ContainerKind::Ephemeral,
+        ] {
+            for c in pod.spec(kind) {
+                images.push(ContainerImage {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    digest: pod
+                        .status(kind, &c.name)
+                        .and_then(|s| s.image_id.as_deref())
+                        .and_then(image_digest),
+                    kind,
+                });
+            }
+        }
+        let status = pod.status(m.kind, &m.container_name);
+        // The spec's reference is what policies see; the status one only if the spec lacks it.
+        let image = pod
+            .spec(m.kind)
+            .iter()
+            .find(|c| c.name == m.container_name)
+            .map(|c| c.image.clone())
+            .filter(|i| !i.is_empty())
+            .or_else(|| status.and_then(|s| s.image.clone()))
+            .unwrap_or_default();
+        let image_digest = status
+            .and_then(|s| s.image_id.as_deref())
+            .and_then(image_digest);
+        Workload {
+            namespace: pod.namespace,
+            pod_name: pod.name,
+            pod_uid: pod.uid,
+            service_account: pod.service_account,
+            node_name: pod.node_name,
+            container_name: m.container_name,
+            container_id: m.container_id,
+            image,
+            image_digest,
+            images,
+            labels: pod.labels,
+            owner_references: pod.owner_references,
+        }
+    }
+}

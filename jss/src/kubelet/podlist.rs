@@ -1,0 +1,277 @@
+//! The kubelet's `/pods` answer, reduced to what attestation needs.
+//!
+//! Serde structs name only the fields we read; everything else (managed
+//! fields, env, volumes, annotations…) is skipped by the parser without being
+//! built, so a 110-pod list costs little more than its bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Where in the pod a container is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerKind {
+    Container,
+    Init,
+    Ephemeral,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub controller: bool,
+}
+
+/// A container as the spec declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SpecContainer {
+    pub name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub image: String,
+}
+
+/// A container as the kubelet last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub kind: ContainerKind,
+    pub name: String,
+    /// The ID after `://`, if the runtime has created the container yet.
+    pub container_id: Option<String>,
+    pub image_id: Option<String>,
+    pub image: Option<String>,
+    /// `running`, `waiting`, `terminated` or `unknown`.
+    pub state: &'static str,
+}
+
+impl ContainerStatus {
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub owner_references: Vec<OwnerReference>,
+    pub node_name: String,
+    pub service_account: String,
+    pub containers: Vec<SpecContainer>,
+    pub init_containers: Vec<SpecContainer>,
+    pub ephemeral_containers: Vec<SpecContainer>,
+    pub statuses: Vec<ContainerStatus>,
+}
+
+impl Pod {
+    pub fn spec(&self, kind: ContainerKind) -> &[SpecContainer] {
+        match kind {
+            ContainerKind::Container => &self.containers,
+            ContainerKind::Init => &self.init_containers,
+            ContainerKind::Ephemeral => &self.ephemeral_containers,
+        }
+    }
+
+    pub fn status(&self, kind: ContainerKind, name: &str) -> Option<&ContainerStatus> {
+        self.statuses
+            .iter()
+            .find(|s| s.kind == kind && s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodList {
+    pub pods: Vec<Pod>,
+    /// Pods the kubelet listed without a UID (skipped).
+    pub skipped: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unable to parse kubelet response: {0}")]
+pub struct ParseError(#[from] pub serde_json::Error);
+
+impl PodList {
+    /// Parses a `/pods` body (a `PodList` object with `items`).
+    pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
+        let raw: RawList = serde_json::from_slice(body)?;
+        let mut list = PodList::default();
+        for p in raw.items {
+            let Some(uid) = p.metadata.uid.filter(|u| !u.is_empty()) else {
+                tracing::warn!(
+                    pod = %p.metadata.name,
+                    namespace = %p.metadata.namespace,
+                    "kubelet listed a pod without a UID; skipped"
+                );
+                list.skipped += 1;
+                continue;
+            };
+            let mut statuses = Vec::new();
+            for (kind, v) in [
+                (ContainerKind::Container, p.status.container_statuses),
+                (ContainerKind::Init, p.status.init_container_statuses),
+                (
+                    ContainerKind::Ephemeral,
+                    p.status.ephemeral_container_statuses,
+                ),
+            ] {
+                statuses.extend(v.into_iter().map(|s| s.into_status(kind)));
+            }
+            list.pods.push(Pod {
+                uid,
+                name: p.metadata.name,
+                namespace: p.metadata.namespace,
+                labels: p.metadata.labels,
+                owner_references: p.metadata.owner_references,
+                node_name: p.spec.node_name,
+                service_account: p
+                    .spec
+                    .service_account_name
+                    .or(p.spec.service_account)
+                    .unwrap_or_default(),
+                containers: p.spec.containers,
+                init_containers: p.spec.init_containers,
+                ephemeral_containers: p.spec.ephemeral_containers,
+                statuses,
+            });
+        }
+        Ok(list)
+    }
+}
+
+/// `null` reads as the type's default, like a missing field.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct RawList {
+    // Required: `{}` is not a pod list. `null` is an empty one.
+    #[serde(deserialize_with = "null_default")]
+    items: Vec<RawPod>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPod {
+    #[serde(deserialize_with = "null_default")]
+    metadata: RawMeta,
+    #[serde(deserialize_with = "null_default")]
+    spec: RawSpec,
+    #[serde(deserialize_with = "null_default")]
+    status: RawStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawMeta {
+    #[serde(deserialize_with = "null_default")]
+    name: String,
+    #[serde(deserialize_with = "null_default")]
+    namespace: String,
+    uid: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_default")]
+    owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawSpec {
+    #[serde(deserialize_with = "null_default")]
+    node_name: String,
+    service_account_name: Option<String>,
+    /// Deprecated alias, still set by older API servers.
+    service_account: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    containers: Vec<SpecContainer>,
+    #[serde(deserialize_with = "null_default")]
+    init_containers: Vec<SpecContainer>,
+    #[serde(deserialize_with = "null_default")]
+    ephemeral_containers: Vec<SpecContainer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawStatus {
+    #[serde(deserialize_with = "null_default")]
+    container_statuses: Vec<RawContainerStatus>,
+    #[serde(deserialize_with = "null_default")]
+    init_container_statuses: Vec<RawContainerStatus>,
+    #[serde(deserialize_with = "null_default")]
+    ephemeral_container_statuses: Vec<RawContainerStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawContainerStatus {
+    name: String,
+    #[serde(rename = "containerID", default)]
+    container_id: Option<String>,
+    #[serde(rename = "imageID", default)]
+    image_id: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    state: Option<RawState>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawState {
+    running: Option<serde::de::IgnoredAny>,
+    waiting: Option<serde::de::IgnoredAny>,
+    terminated: Option<serde::de::IgnoredAny>,
+}
+
+impl RawContainerStatus {
+    fn into_status(self, kind: ContainerKind) -> ContainerStatus {
+        let state = match self.state {
+            Some(RawState {
+                running: Some(_), ..
+            }) => "running",
+            Some(RawState {
+                terminated: Some(_),
+                ..
+            }) => "terminated",
+            Some(RawState {
+                waiting: Some(_), ..
+            }) => "waiting",
+            _ => "unknown",
+        };
+        // `containerd://<id>`, `cri-o://<id>`, `docker://<id>`: compare the ID only.
+        let container_id =
+            self.container_id
+                .filter(|c| !c.is_empty())
+                .map(|c| match c.split_once("://") {
+                    Some((_, id)) => id.to_string(),
+                    None => c,
+                });
+        ContainerStatus {
+            kind,
+            name: self.name,
+            container_id,
+            image_id: self.image_id.filter(|s| !s.is_empty()),
+            image: self.image.filter(|s| !s.is_empty()),
+            state,
+        }
+    }
+}
+
+/// `sha256:<hex>` from a status `imageID` (`docker-pullable://repo@sha256:…`,
+/// `repo@sha256:…`, `sha256:…`).
+pub fn image_digest(image_id: &str) -> Option<String> {
+    let at = image_id.rfind("sha256:")?;
+    let hex = &image_id[at + 7..];
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| format!("sha256:{hex}"))
+}
