@@ -132,6 +132,34 @@ async fn one_request_for_many_concurrent_callers() {
     assert_eq!(pods.fetches(), 1);
 }
 
+/// Back-to-back lookups that each need a fresh list: the caller woken by one
+/// fetch's result must be able to start the next fetch at once. (A waiter
+/// that saw "fetch in flight" after that fetch had published used to wait
+/// out the whole retry window.)
+#[test]
+fn back_to_back_fresh_lookups_never_wait_for_a_finished_fetch() {
+    let fx = fixture();
+    let k = KubeletStandin::start(fx.list.clone());
+    let mut cfg = k.config();
+    cfg.max_list_age_ms = 0;
+    let pods = source(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for i in 0..150 {
+        let t = Instant::now();
+        rt.block_on(pods.find(&q(Some(&fx.uid), &fx.app))).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "lookup {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(pods.fetches(), 150);
+}
+
 #[tokio::test]
 async fn pod_that_appears_late_is_found_by_retrying() {
     let fx = fixture();

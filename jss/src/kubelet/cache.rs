@@ -2,7 +2,7 @@
 //! versioned so that a caller who missed waits for a strictly newer list.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -50,6 +50,12 @@ impl From<&KubeletConfig> for Timing {
     }
 }
 
+#[derive(Default)]
+struct FetchState {
+    latest: Option<Arc<Snapshot>>,
+    in_flight: bool,
+}
+
 struct Snapshot {
     version: u64,
     at: Instant,
@@ -59,8 +65,10 @@ struct Snapshot {
 struct Inner<F> {
     fetcher: F,
     timing: Timing,
-    tx: watch::Sender<Option<Arc<Snapshot>>>,
-    in_flight: AtomicBool,
+    /// The newest list and whether a fetch runs, changed together under the
+    /// channel's lock: a waiter woken by a new list never sees a stale
+    /// "fetch in flight" and waits for a fetch that will not come.
+    tx: watch::Sender<FetchState>,
     version: AtomicU64,
     fetches: AtomicU64,
     errors: AtomicU64,
@@ -87,8 +95,7 @@ impl<F: FetchPods> SharedPodList<F> {
             inner: Arc::new(Inner {
                 fetcher,
                 timing,
-                tx: watch::Sender::new(None),
-                in_flight: AtomicBool::new(false),
+                tx: watch::Sender::new(FetchState::default()),
                 version: AtomicU64::new(0),
                 fetches: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
@@ -102,7 +109,7 @@ impl<F: FetchPods> SharedPodList<F> {
         let start = Instant::now();
         let deadline = start + t.retry_window;
         // A young, good list may answer a first lookup; otherwise fetch.
-        let mut after = match self.inner.tx.borrow().as_ref() {
+        let mut after = match self.inner.tx.borrow().latest.as_ref() {
             Some(s) if s.list.is_ok() && s.at.elapsed() <= t.max_list_age => s.version - 1,
             Some(s) => s.version,
             None => 0,
@@ -157,16 +164,29 @@ impl<F: FetchPods> Inner<F> {
     async fn newer(me: &Arc<Self>, after: u64) -> Arc<Snapshot> {
         let mut rx = me.tx.subscribe();
         loop {
-            if let Some(s) = rx.borrow_and_update().clone()
-                && s.version > after
-            {
+            let mut newer = None;
+            let mut start = false;
+            // Check and claim in one step; publishes nothing, wakes no one.
+            me.tx.send_if_modified(|st| {
+                match &st.latest {
+                    Some(s) if s.version > after => newer = Some(Arc::clone(s)),
+                    _ if !st.in_flight => {
+                        st.in_flight = true;
+                        start = true;
+                    }
+                    _ => {}
+                }
+                false
+            });
+            if let Some(s) = newer {
                 return s;
             }
-            if !me.in_flight.swap(true, Ordering::SeqCst) {
+            if start {
                 // Detached: a caller that gives up must not cancel everyone's fetch.
                 let me2 = Arc::clone(me);
                 tokio::spawn(async move { me2.run_fetch().await });
             }
+            // Any list published since `subscribe` (or the last wake-up) wakes us.
             if rx.changed().await.is_err() {
                 // Unreachable while `me` holds the sender; wait for the caller's timeout.
                 std::future::pending::<()>().await;
@@ -200,13 +220,15 @@ impl<F: FetchPods> Inner<F> {
             ok = list.is_ok(),
             "kubelet pod list fetched"
         );
-        self.tx.send_replace(Some(Arc::new(Snapshot {
+        let snapshot = Arc::new(Snapshot {
             version,
             at: Instant::now(),
             list,
-        })));
-        // Cleared after publishing, so waiters see this result before another fetch starts.
-        self.in_flight.store(false, Ordering::SeqCst);
+        });
+        self.tx.send_modify(|st| {
+            st.latest = Some(snapshot);
+            st.in_flight = false;
+        });
     }
 }
 
