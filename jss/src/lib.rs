@@ -5,9 +5,13 @@
 //! node certificate chain and `state` owning the node's files.
 
 pub mod attest;
+pub mod cache;
 pub mod chain;
 pub mod claims;
+pub mod client;
+pub mod config;
 pub mod kubelet;
+pub mod server;
 pub mod signer;
 pub mod state;
 pub mod token;

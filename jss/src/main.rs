@@ -1,6 +1,13 @@
 //! `jss`: the node daemon and its operator commands.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+const DEFAULT_SOCKET: &str = "/run/jss/jss.sock";
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +22,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve tokens on the unix socket.
+    Serve {
+        #[arg(long, default_value = "/etc/jss/config.toml")]
+        config: PathBuf,
+    },
+    /// Ask the local JSS for a token for this process and print it.
+    Token {
+        #[arg(long, env = "JSS_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Audience (must be allowed by the daemon; default: its first).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Print the decoded header and claims instead of the token.
+        #[arg(long)]
+        decode: bool,
+        #[arg(long, default_value = "40")]
+        timeout_seconds: u64,
+    },
+    /// Exit 0 if the daemon answers /healthz (for probes).
+    Health {
+        #[arg(long, env = "JSS_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Print the `images` claim (and `images-names`) for a pod's image list,
     /// as a secret maker needs it: containers in spec order, then init containers.
     ImagesHash {
@@ -30,14 +60,77 @@ enum Cmd {
     Inspect(jss::attest::inspect::InspectArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match Cli::parse().cmd {
+    match run(Cli::parse().cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jss: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, skipping causes its message already quotes.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve { config } => {
+            let cfg = jss::config::Config::load(&config)?;
+            runtime()?.block_on(jss::server::run(cfg))?;
+            Ok(())
+        }
+        Cmd::Token {
+            socket,
+            audience,
+            decode,
+            timeout_seconds,
+        } => {
+            let resp = runtime()?.block_on(jss::client::fetch_token(
+                &socket,
+                audience.as_deref(),
+                Duration::from_secs(timeout_seconds),
+            ))?;
+            if decode {
+                let (header, claims) = jss::token::decode_unverified(&resp.token)?;
+                let out = serde_json::json!({"header": header, "claims": claims});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{}", resp.token);
+            }
+            Ok(())
+        }
+        Cmd::Health { socket } => {
+            runtime()?.block_on(jss::client::get(
+                &socket,
+                "/healthz",
+                Duration::from_secs(5),
+            ))?;
+            Ok(())
+        }
         Cmd::Inspect(args) => {
             let report = jss::attest::inspect::run(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);

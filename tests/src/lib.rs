@@ -6,7 +6,9 @@
 
 pub mod bao;
 pub mod ca;
+pub mod daemon;
 pub mod kubelet;
 pub mod net;
+pub mod node;
 pub mod pods;
 pub mod swtpm;

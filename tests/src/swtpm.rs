@@ -55,6 +55,11 @@ impl Swtpm {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 
+    /// The swtpm process, e.g. to freeze it (SIGSTOP) and make the TPM hang.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state
     }

@@ -1,0 +1,138 @@
+use super::*;
+use crate::attest::{ContainerImage, Workload};
+
+fn workload() -> Workload {
+    Workload {
+        namespace: "trusted-identity".into(),
+        pod_name: "myubuntu-6756d665bc-gc5wz".into(),
+        pod_uid: "2c48913c-b29f-11e7-9350-020968147796".into(),
+        service_account: "default".into(),
+        node_name: "node-1".into(),
+        container_name: "app".into(),
+        container_id: "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961".into(),
+        image: "nginx:1.27".into(),
+        image_digest: Some(format!("sha256:{}", "ab".repeat(32))),
+        images: vec![
+            ContainerImage {
+                name: "init".into(),
+                image: "busybox:1".into(),
+                digest: None,
+                kind: ContainerKind::Init,
+            },
+            ContainerImage {
+                name: "app".into(),
+                image: "nginx:1.27".into(),
+                digest: Some(format!("sha256:{}", "ab".repeat(32))),
+                kind: ContainerKind::Container,
+            },
+            ContainerImage {
+                name: "side".into(),
+                image: "envoy:1".into(),
+                digest: None,
+                kind: ContainerKind::Container,
+            },
+        ],
+        labels: Default::default(),
+        owner_references: Vec::new(),
+    }
+}
+
+fn builder() -> ClaimsBuilder {
+    ClaimsBuilder::new(
+        NodeFacts {
+            issuer: "jss://EUCluster".into(),
+            cluster_name: "EUCluster".into(),
+            cluster_region: "eu-de".into(),
+            node_name: "node-1".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+        },
+        SubTemplate::default(),
+        60,
+    )
+}
+
+#[test]
+fn claims_follow_the_token_format() {
+    let c = builder()
+        .build(&workload(), "vault", 1_700_000_000)
+        .unwrap();
+    assert_eq!(c.exp - c.iat, 60);
+    assert_eq!(c.nbf, c.iat);
+    assert_eq!(c.images_names, "nginx:1.27,envoy:1,busybox:1");
+    assert_eq!(
+        c.images,
+        images_hash(&["nginx:1.27", "envoy:1", "busybox:1"])
+    );
+    assert_eq!(c.image, format!("sha256:{}", "ab".repeat(32)));
+    assert_eq!(
+        c.sub,
+        format!(
+            "eu-de/EUCluster/trusted-identity/default/{}/{}",
+            c.images, c.image
+        )
+    );
+    let v = serde_json::to_value(&c).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut expected: Vec<&str> = REGISTERED_CLAIMS
+        .iter()
+        .chain(WORKLOAD_CLAIMS)
+        .copied()
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    for k in WORKLOAD_CLAIMS {
+        assert!(
+            v[k].is_string(),
+            "{k} must be a string (Vault maps only strings)"
+        );
+    }
+}
+
+#[test]
+fn jti_is_unique() {
+    let b = builder();
+    let a = b.build(&workload(), "vault", 1).unwrap();
+    let c = b.build(&workload(), "vault", 1).unwrap();
+    assert_ne!(a.jti, c.jti);
+}
+
+#[test]
+fn missing_digest_is_an_error() {
+    let mut w = workload();
+    w.image_digest = None;
+    assert!(matches!(
+        builder().build(&w, "vault", 1),
+        Err(ClaimsError::NoImageDigest { .. })
+    ));
+}
+
+#[test]
+fn sub_template_rules() {
+    assert!(SubTemplate::parse("{namespace}/{images}").is_ok());
+    assert!(matches!(
+        SubTemplate::parse("{namespace}/{pod}/{images}"),
+        Err(SubTemplateError::Unknown { .. })
+    ));
+    assert!(matches!(
+        SubTemplate::parse("{namespace}/{images"),
+        Err(SubTemplateError::Unclosed(_))
+    ));
+    assert!(matches!(
+        SubTemplate::parse("{cluster-name}/{image}"),
+        Err(SubTemplateError::MissingRequired(_))
+    ));
+}
+
+#[test]
+fn machine_id_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("machine-id");
+    std::fs::write(&p, "0123456789abcdef0123456789abcdef\n").unwrap();
+    assert_eq!(
+        read_machine_id(&p).unwrap(),
+        "0123456789abcdef0123456789abcdef"
+    );
+    std::fs::write(&p, "\n").unwrap();
+    assert!(read_machine_id(&p).is_err());
+}

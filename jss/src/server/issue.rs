@@ -1,0 +1,154 @@
+//! One token request, top down: attest → kubelet → claims → cache → signer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::Instrument as _;
+
+use super::audit::AuditRecord;
+use super::{App, Denial};
+use crate::attest::PeerProcess;
+use crate::cache::{CacheKey, CachedToken};
+
+/// A token handed to the caller.
+pub struct Issued {
+    pub token: String,
+    pub exp: u64,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl App {
+    /// Attests `peer` and returns a token for `audience` (already allow-listed).
+    pub async fn issue(
+        self: &Arc<Self>,
+        peer: &PeerProcess,
+        audience: &str,
+    ) -> Result<Issued, Denial> {
+        let span = tracing::info_span!(
+            "token",
+            pid = peer.pid,
+            namespace = tracing::field::Empty,
+            pod = tracing::field::Empty,
+            container = tracing::field::Empty
+        );
+        self.issue_inner(peer, audience).instrument(span).await
+    }
+
+    async fn issue_inner(
+        self: &Arc<Self>,
+        peer: &PeerProcess,
+        audience: &str,
+    ) -> Result<Issued, Denial> {
+        let deny = |d: Denial| {
+            self.metrics.deny(d.code);
+            self.audit.record(AuditRecord {
+                pid: peer.pid,
+                uid: peer.uid,
+                audience: Some(audience),
+                outcome: "denied",
+                reason: Some(&d.message),
+                ..Default::default()
+            });
+            tracing::warn!(code = d.code, "{}", d.message);
+            d
+        };
+
+        let workload = match self.attestor.attest(peer).await {
+            Ok(w) => w,
+            Err(e) => return Err(deny(Denial::from(&e))),
+        };
+        let span = tracing::Span::current();
+        span.record("namespace", workload.namespace.as_str());
+        span.record("pod", workload.pod_name.as_str());
+        span.record("container", workload.container_name.as_str());
+
+        let record = |outcome: &'static str, t: &CachedToken| {
+            self.audit.record(AuditRecord {
+                time: 0.0,
+                pid: peer.pid,
+                uid: peer.uid,
+                namespace: Some(&workload.namespace),
+                pod: Some(&workload.pod_name),
+                container: Some(&workload.container_name),
+                audience: Some(audience),
+                jti: Some(&t.jti),
+                exp: Some(t.exp),
+                outcome,
+                reason: None,
+            });
+            self.metrics.tokens_issued.inc();
+        };
+
+        let now = now_unix();
+        let key = CacheKey {
+            pod_uid: workload.pod_uid.clone(),
+            container_id: workload.container_id.clone(),
+            audience: audience.to_string(),
+        };
+        if let Some(t) = self.cache.get(&key, now) {
+            self.metrics.cache_hits.inc();
+            record("cached", &t);
+            return Ok(Issued {
+                token: t.token,
+                exp: t.exp,
+            });
+        }
+
+        let claims = self
+            .claims
+            .build(&workload, audience, now)
+            .map_err(|e| deny(Denial::new(403, "claims_unavailable", e.to_string())))?;
+        // Bound the work waiting for the signer: past it, shed load with 503
+        // rather than queue without limit.
+        let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {
+            return Err(deny(Denial::unavailable(
+                "overloaded",
+                "too many requests are waiting for the signer; retry shortly".into(),
+            )));
+        };
+        let encoder = self.encoder();
+        let signer = Arc::clone(&self.signer);
+        let (jti, exp) = (claims.jti.clone(), claims.exp);
+        let signed = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            encoder.encode(signer.as_ref(), &claims)
+        })
+        .await;
+        let token = match signed {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.metrics.signer_errors.inc();
+                return Err(deny(Denial::unavailable(
+                    "signer_unavailable",
+                    format!("cannot sign the token: {e}"),
+                )));
+            }
+            Err(e) => {
+                self.metrics.signer_errors.inc();
+                return Err(deny(Denial::new(
+                    500,
+                    "internal",
+                    format!("signing task failed: {e}"),
+                )));
+            }
+        };
+        let cached = CachedToken {
+            token,
+            jti,
+            iat: now,
+            exp,
+        };
+        record("issued", &cached);
+        self.cache.insert(key, cached.clone(), now);
+        Ok(Issued {
+            token: cached.token,
+            exp,
+        })
+    }
+}

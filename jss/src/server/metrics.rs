@@ -1,0 +1,111 @@
+//! Prometheus metrics for `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::kubelet::PodSource;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tokens_issued: Counter,
+    pub cache_hits: Counter,
+    pub denials: Family<ReasonLabel, Counter>,
+    pub signer_errors: Counter,
+    pub request_seconds: Histogram,
+}
+
+/// Reads the pod source's own fetch counter at scrape time.
+struct KubeletFetches(Arc<dyn PodSource>);
+
+impl std::fmt::Debug for KubeletFetches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeletFetches")
+    }
+}
+
+impl Collector for KubeletFetches {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(self.0.fetches());
+        let m = encoder.encode_descriptor(
+            "jss_kubelet_fetches",
+            "Pod list fetches from the kubelet",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)
+    }
+}
+
+impl Metrics {
+    pub fn new(pods: Arc<dyn PodSource>) -> Self {
+        let mut registry = Registry::default();
+        let tokens_issued = Counter::default();
+        let cache_hits = Counter::default();
+        let denials = Family::<ReasonLabel, Counter>::default();
+        let signer_errors = Counter::default();
+        // 100 µs .. ~3.3 s
+        let request_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "jss_tokens_issued",
+            "Tokens returned to callers (cached or new)",
+            tokens_issued.clone(),
+        );
+        registry.register(
+            "jss_cache_hits",
+            "Tokens served from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "jss_denials",
+            "Requests refused, by reason",
+            denials.clone(),
+        );
+        registry.register(
+            "jss_signer_errors",
+            "Failed signing operations",
+            signer_errors.clone(),
+        );
+        registry.register(
+            "jss_request_duration_seconds",
+            "Token request latency",
+            request_seconds.clone(),
+        );
+        registry.register_collector(Box::new(KubeletFetches(pods)));
+        Self {
+            registry,
+            tokens_issued,
+            cache_hits,
+            denials,
+            signer_errors,
+            request_seconds,
+        }
+    }
+
+    pub fn deny(&self, reason: &str) {
+        self.denials
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

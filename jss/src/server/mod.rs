@@ -1,0 +1,300 @@
+//! `jss serve`: the socket server.
+//!
+//! At accept the kernel tells us who is calling (SO_PEERCRED) and the start
+//! time of that process is recorded; each request then runs attest → kubelet
+//! → claims → cache → signer (see `issue`). Signing runs on blocking threads
+//! behind a bounded queue, never on the async runtime.
+
+mod audit;
+pub mod http;
+mod issue;
+mod listener;
+mod metrics;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+
+use crate::attest::{AttestError, Attestor, DenyClass, PeerProcess};
+use crate::cache::TokenCache;
+use crate::chain::{Chain, ChainError};
+use crate::claims::{ClaimsBuilder, ClaimsError, NodeFacts, read_machine_id};
+use crate::config::Config;
+use crate::kubelet::PodSource;
+use crate::signer::{KeyPolicy, Signer, SignerError};
+use crate::token::{TokenEncoder, TokenError};
+
+pub use audit::AuditRecord;
+pub use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot load the node key: {0}")]
+    Signer(#[from] SignerError),
+    #[error("{0}")]
+    Chain(#[from] ChainError),
+    #[error("cannot read node facts: {0}")]
+    Claims(#[from] ClaimsError),
+    #[error("cannot build the token header: {0}")]
+    Token(#[from] TokenError),
+    #[error("socket {path}: {reason}")]
+    Socket { path: PathBuf, reason: String },
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot set up the kubelet client: {0}")]
+    Kubelet(String),
+}
+
+/// A refused request: HTTP status, machine code and a message for the operator.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl Denial {
+    pub fn new(status: u16, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            retry_after: (status == 503).then_some(1),
+        }
+    }
+    pub fn unavailable(code: &'static str, message: String) -> Self {
+        Self::new(503, code, message)
+    }
+}
+
+/// What depends on the chain: swapped as a whole on SIGHUP.
+pub struct Keys {
+    pub encoder: Arc<TokenEncoder>,
+    pub chain_pem: String,
+    pub jwks: String,
+}
+
+/// Everything a request needs, built once from the config.
+pub struct App {
+    pub cfg: Config,
+    pub signer: Arc<dyn Signer>,
+    pub attestor: Attestor,
+    pub claims: ClaimsBuilder,
+    pub cache: TokenCache,
+    pub metrics: Metrics,
+    audit: audit::Audit,
+    keys: RwLock<Arc<Keys>>,
+    sign_queue: Arc<Semaphore>,
+}
+
+impl App {
+    /// Loads the key, chain and node facts; fails before serving anything.
+    pub fn new(
+        cfg: Config,
+        signer: Arc<dyn Signer>,
+        pods: Arc<dyn PodSource>,
+    ) -> Result<Self, ServerError> {
+        let keys = load_keys(&cfg, signer.as_ref())?;
+        let facts = NodeFacts {
+            issuer: cfg.issuer.clone(),
+            cluster_name: cfg.cluster_name.clone(),
+            cluster_region: cfg.cluster_region.clone(),
+            node_name: cfg.node_name.clone(),
+            machine_id: read_machine_id(&cfg.machine_id_path)?,
+        };
+        let audit =
+            audit::Audit::open(cfg.audit_log.as_deref()).map_err(|source| ServerError::Audit {
+                path: cfg.audit_log.clone().unwrap_or_default(),
+                source,
+            })?;
+        Ok(Self {
+            attestor: Attestor::new(cfg.proc_root.clone(), Arc::clone(&pods)),
+            claims: ClaimsBuilder::new(facts, cfg.sub_template.clone(), cfg.token_ttl_seconds),
+            cache: TokenCache::new(if cfg.cache.enabled {
+                cfg.cache.max_entries
+            } else {
+                0
+            }),
+            metrics: Metrics::new(pods),
+            audit,
+            keys: RwLock::new(Arc::new(keys)),
+            sign_queue: Arc::new(Semaphore::new(cfg.limits.signer_queue)),
+            signer,
+            cfg,
+        })
+    }
+
+    pub fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn encoder(&self) -> Arc<TokenEncoder> {
+        Arc::clone(&self.keys().encoder)
+    }
+
+    /// Re-reads chain.pem (SIGHUP). On error the old chain stays in use.
+    pub fn reload_chain(&self) -> Result<(), ServerError> {
+        let keys = load_keys(&self.cfg, self.signer.as_ref())?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.cache.clear();
+        Ok(())
+    }
+}
+
+fn load_keys(cfg: &Config, signer: &dyn Signer) -> Result<Keys, ServerError> {
+    let chain = Chain::load(&cfg.state_dir, signer.public_key())?;
+    let left = chain.remaining_fraction(SystemTime::now());
+    if left < 0.2 {
+        tracing::warn!(
+            subject = chain.subject(),
+            remaining = format!("{:.0}%", left * 100.0),
+            "the node certificate has less than 20% of its lifetime left: run `jss-bootstrap node renew`"
+        );
+    }
+    let jwks = serde_json::json!({"keys": [signer.public_key().jwk()]}).to_string();
+    Ok(Keys {
+        encoder: Arc::new(TokenEncoder::new(signer.kid(), Some(chain.x5c()))?),
+        chain_pem: chain.pem().to_string(),
+        jwks,
+    })
+}
+
+/// Opens the key (it must exist), the chain and the kubelet client, in that
+/// order so a node that is not bootstrapped says so first; then serves until SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), ServerError> {
+    let signer_cfg = cfg.signer.clone();
+    let (signer, _) =
+        tokio::task::spawn_blocking(move || crate::signer::open(&signer_cfg, KeyPolicy::MustExist))
+            .await
+            .map_err(|e| ServerError::Kubelet(format!("signer task: {e}")))??;
+    load_keys(&cfg, signer.as_ref())?;
+    let pods = crate::kubelet::KubeletPods::from_config(&cfg.kubelet)
+        .map_err(|e| ServerError::Kubelet(e.to_string()))?;
+    let app = Arc::new(App::new(cfg, signer, Arc::new(pods))?);
+    serve(app).await
+}
+
+/// Serves `app` on its socket until SIGTERM/SIGINT, then drains.
+pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
+    // Each connection is a descriptor: lift the soft limit (often 1024) to the
+    // hard one so `limits.max_connections` is reachable.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < app.cfg.limits.max_connections as u64 + 64 => tracing::warn!(
+            nofile = n,
+            max_connections = app.cfg.limits.max_connections,
+            "the open-file limit is below limits.max_connections; raise LimitNOFILE"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let (listener, activated) = listener::bind(&app.cfg)?;
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+    let conns = Arc::new(Semaphore::new(app.cfg.limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tracing::info!(
+        socket = %app.cfg.socket.display(),
+        systemd_socket = activated,
+        backend = %app.signer.backend(),
+        kid = app.signer.kid(),
+        "jss serving"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&conns).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match app.reload_chain() {
+                    Ok(()) => tracing::info!("SIGHUP: reloaded chain.pem"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old chain"),
+                }
+                continue;
+            }
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let peer = Arc::new(peer_of(&app, &stream));
+        let app2 = Arc::clone(&app);
+        let svc = hyper::service::service_fn(move |req| {
+            http::handle(Arc::clone(&app2), Arc::clone(&peer), req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(app.cfg.limits.header_timeout_ms))
+            .max_buf_size(16 * 1024)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    drop(listener);
+    if !app.cfg.socket.as_os_str().is_empty() && !activated {
+        let _ = std::fs::remove_file(&app.cfg.socket);
+    }
+    tracing::info!("draining in-flight requests");
+    let drain = Duration::from_millis(app.cfg.limits.drain_timeout_ms);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// The kernel's view of the caller, recorded at accept (PID-reuse guard).
+fn peer_of(app: &App, stream: &UnixStream) -> Result<PeerProcess, Denial> {
+    let cred = stream.peer_cred().map_err(|e| {
+        Denial::new(
+            403,
+            "no_peer_credentials",
+            format!("cannot read the caller's SO_PEERCRED: {e}"),
+        )
+    })?;
+    let pid = cred.pid().ok_or_else(|| {
+        Denial::new(403, "no_peer_pid", "the kernel reported no pid for the caller (is it in another pid namespace without hostPID?)".into())
+    })?;
+    PeerProcess::at_accept(&app.cfg.proc_root, pid, cred.uid(), cred.gid())
+        .map_err(|e| Denial::from(&e))
+}
+
+impl From<&AttestError> for Denial {
+    fn from(e: &AttestError) -> Self {
+        let status = match e.class() {
+            DenyClass::Forbidden => 403,
+            DenyClass::Unauthorized => 401,
+            DenyClass::Unavailable => 503,
+            DenyClass::Internal => 500,
+        };
+        Denial::new(status, e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,126 @@
+//! A real `jss serve` process on a temporary socket, killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub audit_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config_toml` to `dir/config.toml` and starts `jss serve` on it.
+    /// The config must put its socket at `dir/jss.sock` and audit log at `dir/audit.log`.
+    pub fn start(dir: &Path, config_toml: &str) -> Self {
+        let config = dir.join("config.toml");
+        std::fs::write(&config, config_toml).unwrap_or_else(|e| panic!("write config: {e}"));
+        let stderr_log = dir.join("jss.stderr");
+        let err = std::fs::File::create(&stderr_log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = Command::new(bin("jss"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("TSS2_LOG", "all+none")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn jss: {e}"));
+        let mut d = Self {
+            child: Some(child),
+            socket: dir.join("jss.sock"),
+            config,
+            audit_log: dir.join("audit.log"),
+            stderr_log,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "jss exited with {status} before serving:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("jss did not start serving:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, then wait for exit; returns whether it exited successfully.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
