@@ -1,16 +1,12 @@
-//! Benchmarks that print figures, as ratios against references measured in
-//! the same run (these machines are shared and noisy).
-//!
-//! `jss-bench sign [--seconds N]`: raw ES256 signs/s of the software signer,
-//! the TPM signer on a real swtpm, and `openssl speed ecdsap256` on one core.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
+//! Raw ES256 signing: software signer, TPM signer on swtpm, and `openssl speed`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jss::signer::{self, KeyPolicy, Signer, SignerConfig, SignerKind};
 use jss_tests::swtpm::Swtpm;
+
+use crate::Figures;
 
 fn rate(s: &dyn Signer, dur: Duration) -> f64 {
     let msg = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9";
@@ -57,7 +53,7 @@ fn open(kind: SignerKind, tcti: &str) -> (std::sync::Arc<dyn Signer>, tempfile::
     )
 }
 
-fn sign_bench(seconds: u64) -> Vec<(String, f64)> {
+pub fn run(seconds: u64) -> Figures {
     let dur = Duration::from_secs(seconds);
     let (sw, _d1) = open(SignerKind::Software, "");
     let software = rate(sw.as_ref(), dur);
@@ -76,34 +72,10 @@ fn sign_bench(seconds: u64) -> Vec<(String, f64)> {
     );
     println!("openssl speed ecdsap256     : {openssl:>10.0} signs/s  (reference)");
     println!("ratio software / openssl    : {:>10.2}", software / openssl);
-    vec![
+    Figures::from([
         ("sign.software_per_s".into(), software),
         ("sign.tpm_per_s".into(), tpm_rate),
         ("sign.openssl_per_s".into(), openssl),
         ("sign.software_over_openssl".into(), software / openssl),
-    ]
-}
-
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let what = args.first().map(String::as_str).unwrap_or("all");
-    let mut figures = Vec::new();
-    if matches!(what, "sign" | "all") {
-        figures.extend(sign_bench(seconds));
-    }
-    if let Some(i) = args.iter().position(|a| a == "--out") {
-        let path = args.get(i + 1).expect("--out FILE");
-        let body: String = figures
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.3}\n"))
-            .collect();
-        std::fs::write(path, body).unwrap();
-        println!("figures written to {path}");
-    }
+    ])
 }

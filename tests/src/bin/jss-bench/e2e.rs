@@ -1,0 +1,117 @@
+//! End to end through the socket: client processes in a kubepods cgroup ask
+//! `jss serve` for tokens over keep-alive connections.
+
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use jss::signer::SignerKind;
+use jss_tests::daemon::Daemon;
+use jss_tests::node::{Node, spawn_in};
+use jss_tests::pods::{Layout, PodProcess, Qos};
+
+use crate::http::Conn;
+use crate::{CONCURRENCY, Figures, percentile};
+
+const REQUEST: &[u8] = b"POST /v1/token HTTP/1.1\r\nHost: jss\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"audience\":\"vault\"}";
+
+/// `client SOCKET SECONDS`: requests tokens until the time is up, then prints
+/// `errors N` and one latency in microseconds per line.
+pub fn client_main(args: &[String]) {
+    let socket = &args[0];
+    let seconds: u64 = args[1].parse().unwrap();
+    let mut conn = Conn::new(UnixStream::connect(socket).unwrap());
+    let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+    let mut errors = 0u64;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        let t = Instant::now();
+        match conn.exchange(REQUEST) {
+            Ok((200, _)) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
+            Ok(_) => errors += 1,
+            Err(_) => {
+                errors += 1;
+                conn = Conn::new(UnixStream::connect(socket).unwrap());
+            }
+        }
+    }
+    let mut out = format!("errors {errors}\n");
+    for l in lat {
+        out.push_str(&l.to_string());
+        out.push('\n');
+    }
+    print!("{out}");
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn one(label: &str, kind: SignerKind, cache: bool, seconds: u64, f: &mut Figures) {
+    let extra = format!(
+        "[cache]\nenabled = {cache}\n[limits]\nmax_connections = 4096\nsigner_queue = 4096\n"
+    );
+    let node = Node::new(kind, &extra);
+    let daemon = Daemon::start(node.path(), &node.config);
+    let pod = PodProcess::spawn(
+        Layout::V2Systemd(Qos::BestEffort),
+        &node.pod_uid,
+        &node.app_id,
+    );
+    let me = std::env::current_exe().unwrap();
+    let sock = daemon.socket.to_str().unwrap().to_string();
+    let secs = seconds.to_string();
+    for c in CONCURRENCY {
+        let children: Vec<_> = (0..c)
+            .map(|_| spawn_in(&pod, &me, &["client", &sock, &secs], Stdio::piped()))
+            .collect();
+        let mut lat = Vec::new();
+        let mut errors = 0u64;
+        for mut ch in children {
+            let mut out = String::new();
+            ch.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            assert!(ch.wait().unwrap().success(), "client failed");
+            let mut lines = out.lines();
+            errors += lines
+                .next()
+                .and_then(|l| l.strip_prefix("errors "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap();
+            lat.extend(lines.map(|l| l.parse::<u32>().unwrap()));
+        }
+        lat.sort_unstable();
+        let rate = lat.len() as f64 / seconds as f64;
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        println!(
+            "{label:<22} {c:>3} clients: {rate:>9.0} tokens/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  errors {errors}"
+        );
+        let k = format!("e2e.{label}.c{c}");
+        f.insert(format!("{k}.tokens_per_s"), rate);
+        f.insert(format!("{k}.p50_ms"), p50);
+        f.insert(format!("{k}.p99_ms"), p99);
+        f.insert(format!("{k}.errors"), errors as f64);
+    }
+    let rss = peak_rss_mib(daemon.pid());
+    println!("{label:<22} daemon peak RSS: {rss:.1} MiB");
+    f.insert(format!("e2e.{label}.peak_rss_mib"), rss);
+}
+
+pub fn run(seconds: u64) -> Figures {
+    println!("\n== end to end over the socket ({seconds} s per point) ==");
+    let mut f = Figures::new();
+    for (kind, name) in [(SignerKind::Software, "software"), (SignerKind::Tpm, "tpm")] {
+        for cache in [false, true] {
+            let label = format!("{name}.{}", if cache { "cache_on" } else { "cache_off" });
+            one(&label, kind, cache, seconds, &mut f);
+        }
+    }
+    f
+}

@@ -1,0 +1,146 @@
+//! Benchmarks that print figures, as ratios against references measured in
+//! the same run (these machines are shared and noisy).
+//!
+//! `jss-bench [all|sign|e2e|attest|openbao] [--seconds N] [--out FILE]`
+//! - sign: raw ES256 signs/s: software signer, TPM signer on swtpm, `openssl speed`.
+//! - e2e: tokens/s, p50/p99 and the daemon's peak RSS through the socket, from
+//!   client processes in a kubepods cgroup; software and TPM, cache off and on,
+//!   1/16/64 clients.
+//! - attest: attestation alone against a 110-pod kubelet list.
+//! - openbao: OpenBao's own identity tokens at the same concurrency.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
+
+mod attest;
+mod e2e;
+mod http;
+mod openbao;
+mod sign;
+
+use std::collections::BTreeMap;
+
+/// Figures by name, printed at the end and written to `--out`.
+pub type Figures = BTreeMap<String, f64>;
+
+pub const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+/// Latency percentile (`q` in 0..=1) of sorted microsecond samples.
+pub fn percentile(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted_us[i]) / 1000.0
+}
+
+fn ratio(f: &Figures, a: &str, b: &str) -> Option<f64> {
+    Some(f.get(a)? / f.get(b)?)
+}
+
+fn print_ratios(f: &mut Figures) {
+    println!("\n== ratios and targets ==");
+    let rows = [
+        (
+            "software, cache off, 16 clients / openssl signs/s",
+            "e2e.software.cache_off.c16.tokens_per_s",
+            "sign.openssl_per_s",
+            ">= 0.5",
+        ),
+        (
+            "TPM, cache off, 1 client / raw TPM signs/s",
+            "e2e.tpm.cache_off.c1.tokens_per_s",
+            "sign.tpm_per_s",
+            ">= 0.9",
+        ),
+        (
+            "TPM, cache off, 16 clients / raw TPM signs/s",
+            "e2e.tpm.cache_off.c16.tokens_per_s",
+            "sign.tpm_per_s",
+            ">= 0.9",
+        ),
+        (
+            "JSS software cache off / OpenBao, 16 clients",
+            "e2e.software.cache_off.c16.tokens_per_s",
+            "openbao.c16.tokens_per_s",
+            "",
+        ),
+        (
+            "JSS software cache off / OpenBao, 64 clients",
+            "e2e.software.cache_off.c64.tokens_per_s",
+            "openbao.c64.tokens_per_s",
+            "",
+        ),
+    ];
+    for (label, a, b, target) in rows {
+        if let Some(r) = ratio(f, a, b) {
+            println!("{label:<52}: {r:>8.2}  {target}");
+            f.insert(format!("ratio.{a}/{b}"), r);
+        }
+    }
+    let best_cached = CONCURRENCY
+        .iter()
+        .filter_map(|c| f.get(&format!("e2e.software.cache_on.c{c}.tokens_per_s")))
+        .fold(f64::NAN, |m, v| m.max(*v));
+    if best_cached.is_finite() {
+        println!(
+            "{:<52}: {best_cached:>8.0}  >= 20000",
+            "cache on, best tokens/s"
+        );
+    }
+    if let Some(p99) = f.get("e2e.software.cache_off.c64.p99_ms") {
+        println!(
+            "{:<52}: {p99:>8.2}  <= 5 ms",
+            "p99 ms, software, cache off, 64 clients"
+        );
+    }
+    let rss = ["software", "tpm"]
+        .iter()
+        .flat_map(|s| ["cache_off", "cache_on"].map(|c| format!("e2e.{s}.{c}.peak_rss_mib")))
+        .filter_map(|k| f.get(&k).copied())
+        .fold(f64::NAN, f64::max);
+    if rss.is_finite() {
+        println!(
+            "{:<52}: {rss:>8.1}  <= 32 MiB",
+            "daemon peak RSS, worst run (MiB)"
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("client") {
+        // A load-generating process inside the pod's cgroup (see e2e).
+        e2e::client_main(&args[1..]);
+        return;
+    }
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let mut figures = Figures::new();
+    if matches!(what, "sign" | "all") {
+        figures.extend(sign::run(seconds));
+    }
+    if matches!(what, "attest" | "all") {
+        figures.extend(attest::run(seconds));
+    }
+    if matches!(what, "openbao" | "all") {
+        figures.extend(openbao::run(seconds));
+    }
+    if matches!(what, "e2e" | "all") {
+        figures.extend(e2e::run(seconds));
+    }
+    print_ratios(&mut figures);
+    if let Some(i) = args.iter().position(|a| a == "--out") {
+        let path = args.get(i + 1).expect("--out FILE");
+        let body: String = figures
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.3}\n"))
+            .collect();
+        std::fs::write(path, body).unwrap();
+        println!("\nfigures written to {path}");
+    }
+}
