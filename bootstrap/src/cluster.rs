@@ -299,6 +299,10 @@ async fn ensure_auth_mount(
     Ok(accessor)
 }
 
+/// Leeway the role grants on `exp`, `nbf` and `iat`: tokens live 60 s, so
+/// Vault's 60 s default would double their useful life.
+const LEEWAY_SECONDS: u64 = 10;
+
 async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<(), VaultError> {
     let claim_mappings: HashMap<String, String> = MAPPED_CLAIMS
         .iter()
@@ -317,6 +321,11 @@ async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<()
             .claim_mappings(claim_mappings.clone())
             .token_ttl(spec.token_ttl.clone())
             .token_max_ttl(spec.token_ttl.clone())
+            // 0 means "the default" (60 s) to Vault: name the small
+            // allowance for node clock skew explicitly.
+            .clock_skew_leeway(LEEWAY_SECONDS.to_string())
+            .expiration_leeway(LEEWAY_SECONDS.to_string())
+            .not_before_leeway(LEEWAY_SECONDS.to_string())
             .token_policies(vec![TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()]);
         vaultrs::auth::oidc::role::set(
             v.client(),
@@ -362,6 +371,13 @@ fn role_matches(cur: &Value, spec: &ClusterSpec) -> bool {
         && ttl.is_some()
         && cur.get("token_ttl").and_then(Value::as_u64) == ttl
         && cur.get("token_max_ttl").and_then(Value::as_u64) == ttl
+        && [
+            "clock_skew_leeway",
+            "expiration_leeway",
+            "not_before_leeway",
+        ]
+        .iter()
+        .all(|k| cur.get(*k).and_then(Value::as_u64) == Some(LEEWAY_SECONDS))
         && sorted(cur.get("token_policies"))
             == vec![TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()]
 }

@@ -3,21 +3,8 @@
 //! printed when Vault answers 403.
 
 /// The claims every role maps into entity-alias metadata: anything a
-/// policy may template on (DESIGN.md, "Token format").
-pub const MAPPED_CLAIMS: &[&str] = &[
-    "cluster-name",
-    "cluster-region",
-    "machineid",
-    "node",
-    "namespace",
-    "pod",
-    "pod-uid",
-    "service-account",
-    "container",
-    "images-names",
-    "images",
-    "image",
-];
+/// policy may template on (DESIGN.md, "Token format"), as the daemon names them.
+pub const MAPPED_CLAIMS: &[&str] = jss::claims::WORKLOAD_CLAIMS;
 
 /// Names of the templated policies, as in TSI.
 pub const TI_DEMO_ALL: &str = "ti-demo-all";

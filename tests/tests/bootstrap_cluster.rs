@@ -62,6 +62,14 @@ fn cluster_init_creates_then_finds_everything() {
         assert_eq!(d["claim_mappings"][claim], claim, "{claim} not mapped");
     }
     assert_eq!(d["token_ttl"], 300);
+    // Vault's default leeway (60 s) would double a token's life; it is set small.
+    for k in [
+        "clock_skew_leeway",
+        "expiration_leeway",
+        "not_before_leeway",
+    ] {
+        assert_eq!(d[k], 10, "{k}");
+    }
 
     // The config: ES256, the issuer, and only the placeholder key so far.
     let cfg: serde_json::Value =
