@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary built next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/<name>
+    let mut dir = exe
         .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+        .unwrap_or_else(|| panic!("unexpected binary location {}", exe.display()));
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),

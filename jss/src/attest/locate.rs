@@ -35,7 +35,7 @@ impl Location {
 
 pub(crate) fn read_proc(proc_root: &Path, pid: i32, file: &str) -> Result<String, AttestError> {
     let path: PathBuf = proc_root.join(pid.to_string()).join(file);
-    std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+    read_small(&path).map_err(|source| match source.kind() {
         // ESRCH surfaces as NotFound or as "No such process" (raw 3) mid-read.
         ErrorKind::NotFound => AttestError::ProcessGone { pid, path, source },
         _ if source.raw_os_error() == Some(3) => AttestError::ProcessGone { pid, path, source },
@@ -43,6 +43,29 @@ pub(crate) fn read_proc(proc_root: &Path, pid: i32, file: &str) -> Result<String
         _ if source.raw_os_error() == Some(22) => AttestError::ProcessGone { pid, path, source },
         _ => AttestError::ProcRead { pid, path, source },
     })
+}
+
+/// Reads a small file with plain `read` calls. `/proc` files report size 0,
+/// so `fs::read_to_string` adds a `statx` and a probe read per file; on the
+/// token path that was a measurable share of the daemon's CPU.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
 }
 
 /// Finds the pod and container of `pid` under `proc_root`.

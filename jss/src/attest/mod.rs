@@ -147,12 +147,18 @@ impl Attestor {
                 peer.start_time
             )));
         }
-        let ids = status_ids(&self.proc_root, peer.pid)?;
-        if ids.euid != peer.uid {
-            return Err(changed(format!(
-                "uid {} at accept, {} now",
-                peer.uid, ids.euid
-            )));
+        // /proc/<pid> belongs to the process's euid (to root if it is not
+        // dumpable): one stat() answers the common case; status settles the rest.
+        let dir_uid = std::fs::metadata(self.proc_root.join(peer.pid.to_string()))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if dir_uid.ok() != Some(peer.uid) {
+            let ids = status_ids(&self.proc_root, peer.pid)?;
+            if ids.euid != peer.uid {
+                return Err(changed(format!(
+                    "uid {} at accept, {} now",
+                    peer.uid, ids.euid
+                )));
+            }
         }
         Ok(())
     }
