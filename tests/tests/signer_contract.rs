@@ -328,3 +328,67 @@ fn tpm_state_dir_holds_no_usable_private_key() {
         }
     }
 }
+
+// --- `jss-bootstrap node init`: the key across real process restarts ------
+
+fn node_init(dir: &Path, signer: &str, tcti: &str) -> (String, String) {
+    let out = std::process::Command::new(jss_tests::daemon::bin("jss-bootstrap"))
+        .args([
+            "node",
+            "init",
+            "--signer",
+            signer,
+            "--tcti",
+            tcti,
+            "--state-dir",
+        ])
+        .arg(dir)
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn node_init_twice(signer: &str, tcti: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = node_init(dir.path(), signer, tcti);
+    let (second, _) = node_init(dir.path(), signer, tcti);
+    assert!(first.starts_with("created  node key"), "{first}");
+    assert!(
+        second.starts_with("found    node key"),
+        "a second run keeps the key and says so: {second}"
+    );
+    let kid = |out: &str| {
+        out.split("kid ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let pem = |out: &str| out[out.find("-----BEGIN PUBLIC KEY-----").unwrap()..].to_string();
+    assert_eq!(kid(&first), kid(&second));
+    assert_eq!(pem(&first), pem(&second));
+    let key = p256::PublicKey::from_public_key_pem(&pem(&first)).unwrap();
+    assert_eq!(kid(&first), jss::signer::NodePublicKey::new(key).kid);
+}
+
+#[test]
+fn node_init_keeps_the_key_software() {
+    node_init_twice("software", "device:/dev/tpmrm0");
+}
+
+#[test]
+fn node_init_keeps_the_key_tpm() {
+    let tpm = Swtpm::start();
+    node_init_twice("tpm", &tpm.tcti());
+}
