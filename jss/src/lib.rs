@@ -10,6 +10,7 @@ pub mod chain;
 pub mod claims;
 pub mod client;
 pub mod config;
+pub mod inspect;
 pub mod kubelet;
 pub mod server;
 pub mod signer;

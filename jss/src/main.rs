@@ -57,7 +57,7 @@ enum Cmd {
     },
     /// Show which pod and container a process belongs to, and why it would
     /// (not) get a token: JSON on stdout, the reason on stderr on failure.
-    Inspect(jss::attest::inspect::InspectArgs),
+    Inspect(jss::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -132,7 +132,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Inspect(args) => {
-            let report = jss::attest::inspect::run(&args)?;
+            let report = jss::inspect::run(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jss::attest::inspect::{InspectArgs, run};
 use jss::attest::{Attestor, DenyClass, PeerProcess};
+use jss::inspect::{InspectArgs, run};
 use jss::kubelet::{
     BoxFuture, KubeletPods, LookupError, PodMatch, PodQuery, PodSource, PodSourceStats,
 };
@@ -245,11 +245,11 @@ fn inspect_with_a_pod_list_file_and_with_the_kubelet() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["workload"]["pod_name"], "api-5c6d");
     assert_eq!(json["workload"]["images"][0]["kind"], "container");
-    // The configured kubelet; the daemon's other sections are ignored here.
+    // The kubelet from the daemon's own config file.
     let k = KubeletStandin::start(pod_list(&[pod_for(&p)]));
     let c = k.config();
     let toml = format!(
-        "[server]\nsocket = \"/run/jss/jss.sock\"\n\n[attest]\nproc_root = \"/proc\"\n\n[kubelet]\nurl = \"{}\"\ntoken_path = \"{}\"\nca_path = \"{}\"\nretry_window_ms = 1000\n",
+        "cluster_name = \"c\"\ncluster_region = \"r\"\nnode_name = \"n\"\nproc_root = \"/proc\"\n\n[kubelet]\nurl = \"{}\"\ntoken_path = \"{}\"\nca_path = \"{}\"\nretry_window_ms = 1000\n",
         c.url,
         c.token_path.display(),
         c.ca_path.display()
@@ -259,7 +259,11 @@ fn inspect_with_a_pod_list_file_and_with_the_kubelet() {
     let r = run(&args(None, Some(cfg.clone()))).unwrap();
     assert_eq!(r.workload.unwrap().container_name, "api");
     // A typo in [kubelet] is refused with the key's name.
-    std::fs::write(&cfg, "[kubelet]\nurll = \"x\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "cluster_name = \"c\"\ncluster_region = \"r\"\nnode_name = \"n\"\n[kubelet]\nurll = \"x\"\n",
+    )
+    .unwrap();
     let e = run(&args(None, Some(cfg))).unwrap_err().to_string();
     assert!(e.contains("urll"), "{e}");
     // A host process: the reason, with its code.

@@ -8,7 +8,6 @@
 
 pub mod cgroup;
 mod error;
-pub mod inspect;
 mod locate;
 pub mod mountinfo;
 pub mod proc_stat;

@@ -1,13 +1,14 @@
 //! `jss inspect`: "why does my pod get no token?" for operators.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::cgroup::PodRef;
-use super::{AttestError, Attestor, PeerProcess, Source, Workload, locate};
-use crate::kubelet::{KubeletConfig, KubeletError, KubeletPods, PodSource, StaticPods};
+use crate::attest::cgroup::PodRef;
+use crate::attest::{AttestError, Attestor, PeerProcess, Source, Workload, locate};
+use crate::config::{Config, ConfigError};
+use crate::kubelet::{KubeletError, KubeletPods, PodSource, StaticPods};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InspectArgs {
@@ -20,7 +21,7 @@ pub struct InspectArgs {
     /// A saved kubelet `/pods` answer to match against instead of the kubelet.
     #[arg(long)]
     pub pods_json: Option<PathBuf>,
-    /// The daemon's config file: its `[kubelet]` section and `proc_root` are used.
+    /// The daemon's config file: its `proc_root` and `[kubelet]` are used.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -31,18 +32,8 @@ pub enum InspectError {
     Attest(#[from] AttestError),
     #[error("{0} [{code}]", code = .0.code())]
     Kubelet(#[from] KubeletError),
-    #[error("cannot read config {path}: {source}")]
-    ConfigRead {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid config {path}: {source}")]
-    ConfigParse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -64,49 +55,20 @@ pub struct Report {
     pub workload: Option<Workload>,
 }
 
-// Only what inspect needs from the daemon's file; everything else is ignored.
-// Kept private and small so it can give way to `crate::config` later.
-#[derive(Debug, Default, Deserialize)]
-struct InspectConfig {
-    proc_root: Option<PathBuf>,
-    #[serde(default)]
-    attest: AttestSection,
-    kubelet: Option<KubeletConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct AttestSection {
-    proc_root: Option<PathBuf>,
-}
-
-fn load_config(path: &Path) -> Result<InspectConfig, InspectError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InspectError::ConfigRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| InspectError::ConfigParse {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Runs the inspection; the report is printed as JSON by the caller.
 pub fn run(args: &InspectArgs) -> Result<Report, InspectError> {
-    let cfg = match &args.config {
-        Some(p) => load_config(p)?,
-        None => InspectConfig::default(),
-    };
+    // The daemon's own parser: the same checks, the same `${NODE_NAME}` expansion.
+    let cfg = args.config.as_deref().map(Config::load).transpose()?;
     let proc_root = args
         .proc_root
         .clone()
-        .or(cfg.proc_root)
-        .or(cfg.attest.proc_root)
+        .or_else(|| cfg.as_ref().map(|c| c.proc_root.clone()))
         .unwrap_or_else(|| PathBuf::from("/proc"));
     let peer = PeerProcess::from_proc(&proc_root, args.pid)?;
     let loc = locate(&proc_root, args.pid)?;
-    let pods: Option<Arc<dyn PodSource>> = match (&args.pods_json, cfg.kubelet) {
+    let pods: Option<Arc<dyn PodSource>> = match (&args.pods_json, &cfg) {
         (Some(file), _) => Some(Arc::new(StaticPods::from_file(file)?)),
-        (None, Some(k)) => Some(Arc::new(KubeletPods::from_config(&k)?)),
+        (None, Some(c)) => Some(Arc::new(KubeletPods::from_config(&c.kubelet)?)),
         (None, None) => None,
     };
     let workload = match pods {
