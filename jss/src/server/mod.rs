@@ -52,7 +52,9 @@ pub enum ServerError {
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
     #[error("cannot set up the kubelet client: {0}")]
-    Kubelet(String),
+    Kubelet(#[from] crate::kubelet::KubeletError),
+    #[error("opening the node key failed: {0}")]
+    SignerTask(#[from] tokio::task::JoinError),
 }
 
 /// A refused request: HTTP status, machine code and a message for the operator.
@@ -176,11 +178,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let signer_cfg = cfg.signer.clone();
     let (signer, _) =
         tokio::task::spawn_blocking(move || crate::signer::open(&signer_cfg, KeyPolicy::MustExist))
-            .await
-            .map_err(|e| ServerError::Kubelet(format!("signer task: {e}")))??;
+            .await??;
     load_keys(&cfg, signer.as_ref())?;
-    let pods = crate::kubelet::KubeletPods::from_config(&cfg.kubelet)
-        .map_err(|e| ServerError::Kubelet(e.to_string()))?;
+    let pods = crate::kubelet::KubeletPods::from_config(&cfg.kubelet)?;
     let app = Arc::new(App::new(cfg, signer, Arc::new(pods))?);
     serve(app).await
 }
