@@ -539,3 +539,25 @@ fn a_hung_tpm_sheds_load_with_503() {
     let token = stdout(&first.join().unwrap());
     assert_eq!(decode(&token).1["container"], "app");
 }
+
+#[test]
+fn warns_when_the_node_certificate_is_nearly_expired() {
+    let node = Node::new(SignerKind::Tpm, "");
+    let state = node.path().join("state");
+    let leaf = x509_leaf_key(&std::fs::read_to_string(state.join("chain.pem")).unwrap());
+    let now = std::time::SystemTime::now();
+    // 100 minutes of life, 10 left: 10%.
+    let pem = TestCa::new().issue_node_chain_between(
+        &jss::signer::NodePublicKey::new(leaf),
+        now - Duration::from_secs(90 * 60),
+        now + Duration::from_secs(10 * 60),
+    );
+    jss::chain::write(&state, &pem).unwrap();
+    let d = Daemon::start(node.path(), &node.config);
+    assert!(
+        d.stderr().contains("less than 20% of its lifetime left"),
+        "{}",
+        d.stderr()
+    );
+    assert!(d.stderr().contains("jss-bootstrap node renew"));
+}
