@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,6 +23,7 @@ use jss_tests::bao::Bao;
 use jss_tests::ca::TestCa;
 use jss_tests::daemon::{Daemon, bin};
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
+use jss_tests::node::run_in;
 use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
 use jss_tests::swtpm::Swtpm;
 use serde_json::{Value, json};
@@ -81,27 +82,6 @@ fn bootstrap(bao: &Bao, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs `jss ARGS` as a process of `pod`'s container: the shell waits until
-/// its pid is in the container's cgroup, then execs the client (same pid).
-fn run_in(pod: &PodProcess, args: &[&str]) -> Output {
-    let mut child = Command::new("sh")
-        .args(["-c", "read _ && exec \"$@\"", "sh"])
-        .arg(bin("jss"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::fs::write(
-        pod.cgroup_dir().join("cgroup.procs"),
-        child.id().to_string(),
-    )
-    .unwrap();
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn token_from(o: &Output) -> String {
