@@ -214,16 +214,10 @@ impl ClusterArgs {
     }
 }
 
-/// `who@host:pid:random`, to tell lock holders apart in errors.
+/// Tells lock holders apart in errors, and lets a re-run on this node take
+/// over a lock its killed predecessor left (see [`crate::lock::holder_id`]).
 fn holder_id(who: &str) -> String {
-    let mut b = [0u8; 6];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-    let host = hostname().unwrap_or_else(|| "unknown".into());
-    format!("{who}@{host}:{}:{}", std::process::id(), hex(&b))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::lock::holder_id(who)
 }
 
 fn hostname() -> Option<String> {

@@ -4,7 +4,9 @@
 //! appenders lost 33 of 51 keys on OpenBao 2.7.2), so registrants take a lock
 //! document first: writes use KV-v2 `cas`, so exactly one of several racing
 //! takers wins a given version. The document carries an expiry, so a
-//! registrant that dies holding it blocks others for at most `ttl`.
+//! registrant that dies holding it blocks others for at most `ttl`; a re-run
+//! on the same node takes over at once when it can see that the holder's
+//! process is gone (same node, host, boot and pid namespace; pid not running).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,8 +107,23 @@ pub async fn acquire(v: &Vault, spec: &LockSpec, holder: &str) -> Result<Held, L
         }
         let free = match &current {
             None => true,
-            Some((_, doc)) => doc.holder.is_empty() || doc.expires < now_unix(),
+            Some((_, doc)) => {
+                doc.holder.is_empty()
+                    || doc.expires < now_unix()
+                    || holder_is_dead_sibling(&doc.holder, holder)
+            }
         };
+        if let Some((_, doc)) = &current
+            && !doc.holder.is_empty()
+            && doc.expires >= now_unix()
+            && free
+        {
+            tracing::warn!(
+                path = %full,
+                previous = %doc.holder,
+                "taking over the registration lock: its holder, an earlier run on this node, is gone"
+            );
+        }
         if free {
             let cas = current.as_ref().map(|(ver, _)| *ver).unwrap_or(0);
             let doc = LockDoc {
@@ -214,8 +231,145 @@ async fn write(v: &Vault, spec: &LockSpec, doc: &LockDoc, cas: u64) -> Result<u6
     Ok(meta.version)
 }
 
+/// A lock holder id: `who@host:pid:random:boot:pidns`. The boot id and the
+/// pid namespace let a later run on the same node tell whether the holder's
+/// process still exists ([`holder_is_dead_sibling`]).
+pub fn holder_id(who: &str) -> String {
+    let mut b = [0u8; 6];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    let rand: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "{who}@{host}:{}:{rand}:{}:{}",
+        std::process::id(),
+        boot_id().unwrap_or_default(),
+        pid_ns().unwrap_or_default()
+    )
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().replace('-', ""))
+        .filter(|s| !s.is_empty())
+}
+
+/// The inode of this process's pid namespace, if /proc is this namespace's
+/// (otherwise a pid looked up in /proc could be another process's).
+fn pid_ns() -> Option<String> {
+    let own = std::fs::read_link("/proc/self").ok()?;
+    if own.to_str()? != std::process::id().to_string() {
+        return None;
+    }
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let ns = ns.to_str()?;
+    let inode = ns.strip_prefix("pid:[")?.strip_suffix(']')?;
+    Some(inode.to_string())
+}
+
+struct HolderParts<'a> {
+    who_host: &'a str,
+    pid: u32,
+    boot: &'a str,
+    pidns: &'a str,
+}
+
+fn parse_holder(h: &str) -> Option<HolderParts<'_>> {
+    let mut it = h.rsplitn(5, ':');
+    let pidns = it.next()?;
+    let boot = it.next()?;
+    let _rand = it.next()?;
+    let pid = it.next()?.parse().ok()?;
+    let who_host = it.next()?;
+    Some(HolderParts {
+        who_host,
+        pid,
+        boot,
+        pidns,
+    })
+}
+
+/// Whether `other` was written by an earlier run on this node whose process
+/// is gone: same `who@host`, same boot, same pid namespace (as seen through
+/// a /proc of that namespace), another pid, and no process with that pid.
+/// Anything unknown or different answers false: then the lock's expiry
+/// applies. A reused pid also answers false (wait, never steal).
+fn holder_is_dead_sibling(other: &str, me: &str) -> bool {
+    let (Some(o), Some(m)) = (parse_holder(other), parse_holder(me)) else {
+        return false;
+    };
+    o.who_host == m.who_host
+        && !m.boot.is_empty()
+        && o.boot == m.boot
+        && !m.pidns.is_empty()
+        && o.pidns == m.pidns
+        && m.pidns == pid_ns().unwrap_or_default()
+        && o.pid != m.pid
+        && o.pid != 0
+        && matches!(
+            std::fs::symlink_metadata(format!("/proc/{}", o.pid)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        )
+}
+
 fn rand_u16() -> u16 {
     let mut b = [0u8; 2];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
     u16::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `me` with its pid replaced.
+    fn with_pid(me: &str, pid: u32) -> String {
+        let p = parse_holder(me).unwrap();
+        let own = std::process::id().to_string();
+        let rest = &me[p.who_host.len() + 1 + own.len()..];
+        format!("{}:{pid}{rest}", p.who_host)
+    }
+
+    #[test]
+    fn a_dead_run_of_the_same_node_may_be_taken_over() {
+        let me = holder_id("node-1");
+        let p = parse_holder(&me).unwrap();
+        assert_eq!(p.pid, std::process::id());
+        assert!(!p.boot.is_empty() && !p.pidns.is_empty(), "{me}");
+
+        // A process that has exited (and been reaped): its lock is stale.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let stale = with_pid(&me, dead_pid);
+        assert!(holder_is_dead_sibling(&stale, &me), "{stale} vs {me}");
+
+        // A live process with the same node name: wait for it.
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let running = with_pid(&me, live.id());
+        assert!(!holder_is_dead_sibling(&running, &me));
+        live.kill().unwrap();
+        live.wait().unwrap();
+
+        // Another node, another boot, another pid namespace, or an old-style
+        // or garbled id: never taken over before the expiry.
+        let other_node = stale.replacen("node-1@", "node-2@", 1);
+        assert!(!holder_is_dead_sibling(&other_node, &me));
+        let sp = parse_holder(&stale).unwrap();
+        let other_boot = stale.replace(sp.boot, "00000000000000000000000000000000");
+        assert!(!holder_is_dead_sibling(&other_boot, &me));
+        let other_ns = format!("{}1", &stale);
+        assert!(!holder_is_dead_sibling(&other_ns, &me));
+        let old_style = format!("node-1@{}:{dead_pid}:abcdef", "host");
+        assert!(!holder_is_dead_sibling(&old_style, &me));
+        assert!(!holder_is_dead_sibling("", &me));
+        assert!(!holder_is_dead_sibling("node-1@h:x:y:z:w", &me));
+    }
 }

@@ -107,6 +107,14 @@ impl Bao {
         false
     }
 
+    /// The server's process id (to freeze it with SIGSTOP in fault tests).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("the OpenBao server was stopped"))
+    }
+
     pub fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
