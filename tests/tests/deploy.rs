@@ -624,7 +624,11 @@ fn base_kustomization_renders_the_daemonset_as_designed() {
     let ds = find(&docs, "DaemonSet", "jss");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostPID"], true);
-    assert_eq!(spec["hostNetwork"], true);
+    // The kubelet is reached by the node's name (its serving certificate
+    // names the node), so the pod stays off the host network.
+    assert!(spec.get("hostNetwork").is_none(), "{}", spec["hostNetwork"]);
+    assert!(spec.get("dnsPolicy").is_none(), "{}", spec["dnsPolicy"]);
+    assert_eq!(cfg["kubelet"]["url"], "https://${NODE_NAME}:10250");
     assert_eq!(spec["serviceAccountName"], "jss");
     assert_eq!(spec["priorityClassName"], "system-node-critical");
     assert_eq!(
@@ -913,4 +917,126 @@ fn bootstrap_flags_in_units_and_daemonset_exist() {
         }
     }
     assert!(!known("--no-such-flag"));
+}
+
+// ------------------------------------------------- jss config and commands --
+
+#[test]
+fn shipped_configs_parse_with_the_daemons_parser() {
+    use jss::config::Config;
+    let systemd = repo().join("systemd/config.toml");
+    let text = fs::read_to_string(&systemd).unwrap();
+    let cfg = Config::parse(&text, &systemd, Some("node-1".into()))
+        .unwrap_or_else(|e| panic!("{}: {e}", systemd.display()));
+    // The unit's paths: StateDirectory=jss, the socket unit's ListenStream.
+    assert_eq!(cfg.state_dir, Path::new("/var/lib/jss"));
+    assert_eq!(cfg.socket, Path::new("/run/jss/jss.sock"));
+    let socket_unit = fs::read_to_string(repo().join("systemd/jss.socket")).unwrap();
+    assert!(
+        socket_unit
+            .lines()
+            .any(|l| l.trim() == format!("ListenStream={}", cfg.socket.display())),
+        "jss.socket does not listen on {}",
+        cfg.socket.display()
+    );
+
+    // The DaemonSet's config: node_name and the kubelet's host come from
+    // $NODE_NAME; without it the daemon refuses to start.
+    let ds = daemonset_dir().join("base/config.toml");
+    let text = fs::read_to_string(&ds).unwrap();
+    let cfg = Config::parse(&text, &ds, Some("node-1".into()))
+        .unwrap_or_else(|e| panic!("{}: {e}", ds.display()));
+    assert_eq!(cfg.node_name, "node-1");
+    assert_eq!(cfg.kubelet.url, "https://node-1:10250");
+    assert_eq!(cfg.socket, Path::new("/run/jss/jss.sock"));
+    assert_eq!(cfg.state_dir, Path::new("/var/lib/jss"));
+    let e = Config::parse(&text, &ds, None).unwrap_err().to_string();
+    assert!(e.contains("NODE_NAME"), "{e}");
+    // The parser is not lenient: a misspelt key in the shipped file fails.
+    let typo = text.replace("token_ttl_seconds", "token_tll_seconds");
+    assert!(Config::parse(&typo, &ds, Some("node-1".into())).is_err());
+}
+
+/// `jss <sub> <flags>` as written in a unit, manifest or script: the
+/// subcommand and its `--flags`.
+fn jss_invocations(words: &[&str]) -> Vec<(String, BTreeSet<String>)> {
+    let mut out = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if *w == "jss" || w.ends_with("/jss") {
+            let sub = words[i + 1].to_string();
+            let args = words[i + 2..]
+                .iter()
+                .take_while(|a| !["&&", "||", ";", "|", ">", "<"].contains(*a))
+                .copied();
+            out.push((sub, flags(args)));
+        }
+    }
+    out
+}
+
+#[test]
+fn jss_subcommands_and_flags_in_units_and_manifests_exist() {
+    let (jss, _) = built_binaries();
+    let unit = fs::read_to_string(repo().join("systemd/jss.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut uses: Vec<(String, String, BTreeSet<String>)> = Vec::new();
+    let mut add = |what: &str, words: Vec<&str>| {
+        let found = jss_invocations(&words);
+        assert!(!found.is_empty(), "{what}: no jss command in {words:?}");
+        for (sub, f) in found {
+            uses.push((what.to_string(), sub, f));
+        }
+    };
+    add("jss.service", exec.split_whitespace().collect());
+
+    let docs = yaml_docs(&render("base"));
+    let ds = find(&docs, "DaemonSet", "jss");
+    let main = &ds["spec"]["template"]["spec"]["containers"][0];
+    add("the DaemonSet's container", strings(&main["command"]));
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        add(probe, strings(&main[probe]["exec"]["command"]));
+    }
+    let app = yaml_docs(&render("example-app"));
+    let pod = find(&app, "Pod", "example-app");
+    let script = strings(&pod["spec"]["initContainers"][0]["command"]).join(" ");
+    add("the example app", script.split_whitespace().collect());
+    let containerfile = fs::read_to_string(daemonset_dir().join("Containerfile")).unwrap();
+    let cmd = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .unwrap();
+    let cmd: Vec<String> = serde_json::from_str(cmd).unwrap();
+    add(
+        "the Containerfile",
+        cmd.iter().map(String::as_str).collect(),
+    );
+
+    let subs: BTreeSet<&str> = uses.iter().map(|(_, s, _)| s.as_str()).collect();
+    assert_eq!(
+        subs,
+        BTreeSet::from(["health", "serve", "token"]),
+        "{uses:?}"
+    );
+    for (what, sub, used) in &uses {
+        // An unknown subcommand makes --help fail.
+        let out = run_ok(Command::new(jss).args([sub.as_str(), "--help"]));
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let known = |flag: &str| {
+            help.lines()
+                .any(|l| l.trim_start().split([' ', ',']).next() == Some(flag))
+        };
+        assert!(!used.is_empty(), "{what}: jss {sub} without flags");
+        for flag in used {
+            assert!(
+                known(flag),
+                "{what} passes {flag}, which `jss {sub}` does not know:\n{help}"
+            );
+        }
+        assert!(!known("--no-such-flag"));
+    }
+    let bad = run(Command::new(jss).args(["no-such-subcommand", "--help"]));
+    assert!(!bad.status.success());
 }
