@@ -52,6 +52,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
+    remove_dead_temps(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -71,6 +72,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(err)
+}
+
+/// Removes `.NAME.tmp.<pid>` files left by writers that were killed mid-write
+/// (their pid no longer runs); a live writer's temp file is left alone.
+fn remove_dead_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Reads a file that must be private to its owner (mode without group/other bits).
@@ -122,6 +145,21 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this pid cannot be running.
+        let dead = dir.path().join(".k.tmp.4194399");
+        let live = dir
+            .path()
+            .join(format!(".k.tmp.{}", std::os::unix::process::parent_id()));
+        fs::write(&dead, b"half").unwrap();
+        fs::write(&live, b"busy").unwrap();
+        write_atomic(&dir.path().join("k"), b"whole", 0o600).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists(), "a running writer's temp file must stay");
     }
 
     #[test]
