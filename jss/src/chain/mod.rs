@@ -105,6 +105,14 @@ impl Chain {
     }
 
     fn parse(pem: String, node_key: &NodePublicKey, origin: &str) -> Result<Self, ChainError> {
+        // x509-cert 0.2's `load_pem_chain` underflows on input that is only
+        // line breaks (a panic with overflow checks): nothing to parse anyway.
+        if pem.trim().is_empty() {
+            return Err(ChainError::TooShort {
+                origin: origin.to_string(),
+                count: 0,
+            });
+        }
         let certs = Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| ChainError::Parse {
             origin: origin.to_string(),
             reason: e.to_string(),
@@ -250,4 +258,25 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_chain_is_too_short() {
+        // Found by fuzzing: only line breaks underflowed inside x509-cert.
+        let key = NodePublicKey::new(
+            p256::SecretKey::from_slice(&[7; 32])
+                .expect("a valid scalar")
+                .public_key(),
+        );
+        for pem in ["", "\n", "\r\n\r\n", " \n"] {
+            match Chain::from_pem(pem, &key) {
+                Err(ChainError::TooShort { count: 0, .. }) => {}
+                other => panic!("{pem:?}: {other:?}"),
+            }
+        }
+    }
 }
