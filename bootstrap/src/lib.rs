@@ -8,7 +8,7 @@
 
 pub mod cli;
 mod cluster;
-mod csr;
+pub mod csr;
 mod lock;
 mod node;
 mod pki;
