@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64STD;
 use x509_cert::Certificate;
-use x509_cert::der::Encode as _;
+use x509_cert::der::{Decode as _, Encode as _};
 
 use crate::signer::NodePublicKey;
 use crate::state::{self, StateError};
@@ -105,15 +105,7 @@ impl Chain {
     }
 
     fn parse(pem: String, node_key: &NodePublicKey, origin: &str) -> Result<Self, ChainError> {
-        // x509-cert 0.2's `load_pem_chain` underflows on input that is only
-        // line breaks (a panic with overflow checks): nothing to parse anyway.
-        if pem.trim().is_empty() {
-            return Err(ChainError::TooShort {
-                origin: origin.to_string(),
-                count: 0,
-            });
-        }
-        let certs = Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| ChainError::Parse {
+        let certs = load_pem_chain(&pem).map_err(|e| ChainError::Parse {
             origin: origin.to_string(),
             reason: e.to_string(),
         })?;
@@ -243,6 +235,37 @@ pub fn write(state_dir: &Path, pem: &str) -> Result<(), ChainError> {
 
 /// Whether `cert`'s subject public key is the node key (compared as points,
 /// so encoding details of the algorithm parameters do not matter).
+/// The certificates of a PEM chain, each block decoded to DER before it is
+/// parsed. Not x509-cert 0.2's `Certificate::load_pem_chain`: it underflows
+/// on a blank file, and der 0.7's streaming PEM reader behind it spins
+/// forever on a block whose body is shorter than its DER header says
+/// (both found by fuzzing).
+fn load_pem_chain(pem: &str) -> Result<Vec<Certificate>, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = pem.trim();
+    while !rest.is_empty() {
+        let end = rest
+            .find(END)
+            .ok_or_else(|| format!("no {END} line after certificate {}", certs.len() + 1))?
+            + END.len();
+        let (label, der) = x509_cert::der::pem::decode_vec(rest[..end].as_bytes())
+            .map_err(|e| format!("certificate {}: {e}", certs.len() + 1))?;
+        if label != "CERTIFICATE" {
+            return Err(format!(
+                "certificate {}: a PEM block labelled {label}",
+                certs.len() + 1
+            ));
+        }
+        certs.push(
+            Certificate::from_der(&der)
+                .map_err(|e| format!("certificate {}: {e}", certs.len() + 1))?,
+        );
+        rest = rest[end..].trim_start();
+    }
+    Ok(certs)
+}
+
 fn holds_key(cert: &Certificate, node_key: &NodePublicKey) -> bool {
     let spki = &cert.tbs_certificate.subject_public_key_info;
     if spki.algorithm.oid != EC_PUBLIC_KEY {
@@ -264,19 +287,50 @@ fn unix(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn empty_chain_is_too_short() {
-        // Found by fuzzing: only line breaks underflowed inside x509-cert.
-        let key = NodePublicKey::new(
+    fn key() -> NodePublicKey {
+        NodePublicKey::new(
             p256::SecretKey::from_slice(&[7; 32])
                 .expect("a valid scalar")
                 .public_key(),
-        );
+        )
+    }
+
+    #[test]
+    fn empty_chain_is_too_short() {
+        // Found by fuzzing: only line breaks underflowed inside x509-cert.
+        let key = key();
         for pem in ["", "\n", "\r\n\r\n", " \n"] {
             match Chain::from_pem(pem, &key) {
                 Err(ChainError::TooShort { count: 0, .. }) => {}
                 other => panic!("{pem:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn truncated_certificate_is_an_error_not_a_hang() {
+        // Found by fuzzing: one byte of DER (`aQ==`) where the header asks
+        // for more sent der 0.7's streaming PEM reader into an endless loop.
+        let block = "-----BEGIN CERTIFICATE-----\naQ==\n-----END CERTIFICATE-----\n";
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = Chain::from_pem(&format!("{block}{block}"), &key()).map(|_| ());
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Err(ChainError::Parse { .. })) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => panic!("Chain::from_pem did not return within 10 s"),
+        }
+    }
+
+    #[test]
+    fn blocks_other_than_certificates_are_refused() {
+        let pem =
+            "-----BEGIN PUBLIC KEY-----\naQ==\n-----END PUBLIC KEY-----\n-----END CERTIFICATE-----";
+        assert!(matches!(
+            Chain::from_pem(pem, &key()),
+            Err(ChainError::Parse { .. })
+        ));
     }
 }
