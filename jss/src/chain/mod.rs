@@ -249,7 +249,7 @@ fn load_pem_chain(pem: &str) -> Result<Vec<Certificate>, String> {
             .find(END)
             .ok_or_else(|| format!("no {END} line after certificate {}", certs.len() + 1))?
             + END.len();
-        let (label, der) = x509_cert::der::pem::decode_vec(rest[..end].as_bytes())
+        let (label, der) = x509_cert::der::pem::decode_vec(&rest.as_bytes()[..end])
             .map_err(|e| format!("certificate {}: {e}", certs.len() + 1))?;
         if label != "CERTIFICATE" {
             return Err(format!(
