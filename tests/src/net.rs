@@ -1,17 +1,23 @@
 //! Loopback helpers.
 
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
+
+/// Next candidate for [`free_port_pair`]: tests of one binary run in
+/// parallel threads, and two of them probing the same free port would both
+/// get it. Each call takes its own pair from a per-process sequence.
+static NEXT_PAIR: AtomicU16 = AtomicU16::new(0);
 
 /// A free loopback port `p` such that `p + 1` is free too (swtpm uses both).
 pub fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let Ok(a) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = a.local_addr() else { continue };
-        let p = addr.port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+    // Start somewhere different in each process, below the ephemeral range.
+    let base = 20_000 + (std::process::id() % 500) as u16 * 24;
+    for _ in 0..2000 {
+        let p = base + NEXT_PAIR.fetch_add(2, Ordering::Relaxed) % 12_000;
+        let a = TcpListener::bind(("127.0.0.1", p));
+        let b = TcpListener::bind(("127.0.0.1", p + 1));
+        if a.is_ok() && b.is_ok() {
             return p;
         }
     }

@@ -34,7 +34,9 @@ impl Swtpm {
                     panic!("cannot run swtpm ({e}): install it with `bash swtpm-ci/install-deps`")
                 }
             };
-            if net::wait_for_port(port, Duration::from_secs(5)) {
+            // Listening, and it is ours: a swtpm that lost the port to
+            // another process exits at once.
+            if net::wait_for_port(port, Duration::from_secs(5)) && still_running(&mut child) {
                 return Self {
                     child: Some(child),
                     state: dir.to_path_buf(),
@@ -92,6 +94,11 @@ impl Swtpm {
         );
         self.child = Some(child);
     }
+}
+
+fn still_running(child: &mut Child) -> bool {
+    std::thread::sleep(Duration::from_millis(50));
+    matches!(child.try_wait(), Ok(None))
 }
 
 fn spawn(dir: &Path, port: u16, stderr: Stdio) -> std::io::Result<Child> {
