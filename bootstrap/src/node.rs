@@ -13,8 +13,7 @@ use std::time::SystemTime;
 use jss::chain::{self, Chain, ChainError};
 use jss::signer::{self, KeyOrigin, KeyPolicy, NodePublicKey, Signer, SignerConfig, SignerError};
 use p256::pkcs8::DecodePublicKey as _;
-use x509_cert::Certificate;
-use x509_cert::der::{DecodePem as _, Encode as _};
+use x509_cert::der::Encode as _;
 
 use crate::csr::{self, CsrError, NodeIdentity};
 use crate::pki;
@@ -94,12 +93,18 @@ async fn preflight(v: &Vault, spec: &SignSpec) -> Result<Vec<u8>, NodeError> {
         .ok_or_else(|| NodeError::NoRoot {
             mount: spec.pki_mount.clone(),
         })?;
-    let root_der = Certificate::from_pem(root.as_bytes())
-        .and_then(|c| c.to_der())
-        .map_err(|e| NodeError::BadRoot {
-            mount: spec.pki_mount.clone(),
-            reason: e.to_string(),
-        })?;
+    // Not `Certificate::from_pem`: der 0.7's streaming PEM reader spins on a
+    // truncated body; the chain loader decodes each block to DER first.
+    let bad_root = |reason: String| NodeError::BadRoot {
+        mount: spec.pki_mount.clone(),
+        reason,
+    };
+    let root_der = jss::chain::load_pem_chain(&root)
+        .map_err(bad_root)?
+        .first()
+        .ok_or_else(|| bad_root("no certificate in the answer".into()))?
+        .to_der()
+        .map_err(|e| bad_root(e.to_string()))?;
     if register::read_config(v, &spec.target.mount)
         .await?
         .is_none()

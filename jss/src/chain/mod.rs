@@ -233,14 +233,12 @@ pub fn write(state_dir: &Path, pem: &str) -> Result<(), ChainError> {
     Ok(())
 }
 
-/// Whether `cert`'s subject public key is the node key (compared as points,
-/// so encoding details of the algorithm parameters do not matter).
 /// The certificates of a PEM chain, each block decoded to DER before it is
 /// parsed. Not x509-cert 0.2's `Certificate::load_pem_chain`: it underflows
 /// on a blank file, and der 0.7's streaming PEM reader behind it spins
 /// forever on a block whose body is shorter than its DER header says
 /// (both found by fuzzing).
-fn load_pem_chain(pem: &str) -> Result<Vec<Certificate>, String> {
+pub fn load_pem_chain(pem: &str) -> Result<Vec<Certificate>, String> {
     const END: &str = "-----END CERTIFICATE-----";
     let mut certs = Vec::new();
     let mut rest = pem.trim();
@@ -266,6 +264,8 @@ fn load_pem_chain(pem: &str) -> Result<Vec<Certificate>, String> {
     Ok(certs)
 }
 
+/// Whether `cert`'s subject public key is the node key (compared as points,
+/// so encoding details of the algorithm parameters do not matter).
 fn holds_key(cert: &Certificate, node_key: &NodePublicKey) -> bool {
     let spki = &cert.tbs_certificate.subject_public_key_info;
     if spki.algorithm.oid != EC_PUBLIC_KEY {
