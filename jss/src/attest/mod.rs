@@ -105,6 +105,18 @@ impl Attestor {
     /// Cgroup → pod lookup → match → the pid is still the same process.
     pub async fn attest(&self, peer: &PeerProcess) -> Result<Workload, AttestError> {
         let loc = locate(&self.proc_root, peer.pid)?;
+        self.attest_located(peer, &loc).await
+    }
+
+    /// Like [`Self::attest`] for a peer already located: a connection's
+    /// process keeps its container (Kubernetes never moves a process between
+    /// pods), so the server locates once per connection; the pod lookup and
+    /// the PID-reuse guard still run for every request.
+    pub async fn attest_located(
+        &self,
+        peer: &PeerProcess,
+        loc: &Location,
+    ) -> Result<Workload, AttestError> {
         let query = PodQuery {
             pod_uid: loc.pod_uid().map(str::to_string),
             container_id: loc.container_id.clone(),

@@ -10,8 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::{App, Denial};
-use crate::attest::PeerProcess;
+use super::{App, Denial, Peer};
 
 pub type Body = Full<Bytes>;
 
@@ -35,7 +34,7 @@ fn error(d: &Denial) -> Response<Body> {
 /// Serves one request from the peer `peer` (attested at accept).
 pub async fn handle(
     app: Arc<App>,
-    peer: Arc<Result<PeerProcess, Denial>>,
+    peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -65,7 +64,7 @@ pub async fn handle(
 
 async fn route(
     app: &Arc<App>,
-    peer: &Result<PeerProcess, Denial>,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Denial> {
     match (req.method(), req.uri().path()) {
@@ -111,7 +110,7 @@ async fn route(
 
 async fn issue(
     app: &Arc<App>,
-    peer: &Result<PeerProcess, Denial>,
+    peer: &Peer,
     audience: Option<&str>,
 ) -> Result<super::issue::Issued, Denial> {
     let audience = match audience {
@@ -134,14 +133,14 @@ async fn issue(
                 )
             })?,
     };
-    let peer = match peer {
+    let process = match &peer.process {
         Ok(p) => p,
         Err(d) => {
             app.metrics.deny(d.code);
             return Err(d.clone());
         }
     };
-    app.issue(peer, audience).await
+    app.issue(process, &peer.location, audience).await
 }
 
 /// Only `audience` is read from the body; anything else the caller sends is

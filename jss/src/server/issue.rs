@@ -1,13 +1,13 @@
 //! One token request, top down: attest → kubelet → claims → cache → signer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument as _;
 
 use super::audit::AuditRecord;
 use super::{App, Denial};
-use crate::attest::PeerProcess;
+use crate::attest::{Location, PeerProcess, locate};
 use crate::cache::{CacheKey, CachedToken};
 use crate::signer::Backend;
 
@@ -29,6 +29,7 @@ impl App {
     pub async fn issue(
         self: &Arc<Self>,
         peer: &PeerProcess,
+        location: &OnceLock<Location>,
         audience: &str,
     ) -> Result<Issued, Denial> {
         let span = tracing::info_span!(
@@ -38,12 +39,15 @@ impl App {
             pod = tracing::field::Empty,
             container = tracing::field::Empty
         );
-        self.issue_inner(peer, audience).instrument(span).await
+        self.issue_inner(peer, location, audience)
+            .instrument(span)
+            .await
     }
 
     async fn issue_inner(
         self: &Arc<Self>,
         peer: &PeerProcess,
+        location: &OnceLock<Location>,
         audience: &str,
     ) -> Result<Issued, Denial> {
         let deny = |d: Denial| {
@@ -60,7 +64,14 @@ impl App {
             d
         };
 
-        let workload = match self.attestor.attest(peer).await {
+        let loc = match location.get() {
+            Some(l) => l,
+            None => match locate(self.attestor.proc_root(), peer.pid) {
+                Ok(l) => location.get_or_init(|| l),
+                Err(e) => return Err(deny(Denial::from(&e))),
+            },
+        };
+        let workload = match self.attestor.attest_located(peer, loc).await {
             Ok(w) => w,
             Err(e) => return Err(deny(Denial::from(&e))),
         };

@@ -12,7 +12,7 @@ mod listener;
 mod metrics;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 
-use crate::attest::{AttestError, Attestor, DenyClass, PeerProcess};
+use crate::attest::{AttestError, Attestor, DenyClass, Location, PeerProcess};
 use crate::cache::TokenCache;
 use crate::chain::{Chain, ChainError};
 use crate::claims::{ClaimsBuilder, ClaimsError, NodeFacts, read_machine_id};
@@ -237,7 +237,10 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        let peer = Arc::new(peer_of(&app, &stream));
+        let peer = Arc::new(Peer {
+            process: peer_of(&app, &stream),
+            location: OnceLock::new(),
+        });
         let app2 = Arc::clone(&app);
         let svc = hyper::service::service_fn(move |req| {
             http::handle(Arc::clone(&app2), Arc::clone(&peer), req)
@@ -269,6 +272,13 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// The process at the other end of a connection: the kernel's view recorded
+/// at accept (PID-reuse guard), and its container once located.
+pub struct Peer {
+    pub process: Result<PeerProcess, Denial>,
+    pub location: OnceLock<Location>,
 }
 
 /// The kernel's view of the caller, recorded at accept (PID-reuse guard).
