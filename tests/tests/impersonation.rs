@@ -174,3 +174,56 @@ fn a_reused_pid_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reused_pid_is_refused_on_a_kept_alive_connection() {
+    // The container is located once per connection; the PID-reuse guard
+    // must still run for every request on it.
+    let fake_proc = tempfile::tempdir().unwrap();
+    let node = Node::new(
+        SignerKind::Software,
+        &format!(
+            "proc_root = \"{}\"\n[cache]\nenabled = false\n",
+            fake_proc.path().display()
+        ),
+    );
+    let d = Daemon::start(node.path(), &node.config);
+    let pod = PodProcess::spawn(
+        Layout::V1Cgroupfs(Qos::Burstable),
+        &node.pod_uid,
+        &node.app_id,
+    );
+    // Two requests on one connection, the second after a line on stdin.
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rb')\ndef ask():\n  s.sendall(b'GET /v1/token HTTP/1.1\\r\\nHost: j\\r\\n\\r\\n')\n  status=f.readline().split()[1].decode()\n  n=0\n  while True:\n    h=f.readline().strip()\n    if not h: break\n    if h.lower().startswith(b'content-length:'): n=int(h.split(b':')[1])\n  f.read(n)\n  return status\nprint(ask(), flush=True)\nsys.stdin.readline()\nprint(ask(), flush=True)";
+    let mut child = Command::new("sh")
+        .args(["-c", "read _ && exec python3 -c \"$0\" \"$1\"", script])
+        .arg(d.socket.to_str().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::fs::write(pod.cgroup_dir().join("cgroup.procs"), pid.to_string()).unwrap();
+    let mine = fake_proc.path().join(pid.to_string());
+    std::fs::create_dir(&mine).unwrap();
+    for f in ["stat", "status", "cgroup"] {
+        std::fs::copy(format!("/proc/{pid}/{f}"), mine.join(f)).unwrap();
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert_eq!(first.trim(), "200");
+    bump_start_time(&mine.join("stat"));
+    stdin.write_all(b"again\n").unwrap();
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut out, &mut second).unwrap();
+    assert_eq!(
+        second.trim(),
+        "401",
+        "a reused pid kept its connection's identity"
+    );
+    let _ = child.wait();
+}
