@@ -43,15 +43,15 @@ pub fn merge(existing: &str, policy: &str, kv_mount: &str, accessor: &str) -> St
     let begin = format!("# jss-begin {accessor}");
     let end = format!("# jss-end {accessor}");
     let mut out = String::new();
-    let mut skipping = false;
+    let mut in_old_block = false;
     for line in existing.lines() {
         if line.trim() == begin {
-            skipping = true;
+            in_old_block = true;
             continue;
         }
-        if skipping {
+        if in_old_block {
             if line.trim() == end {
-                skipping = false;
+                in_old_block = false;
             }
             continue;
         }

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, skipping causes its message already quotes.
+/// The error and its causes, leaving out causes its message already quotes.
 fn error_chain(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {

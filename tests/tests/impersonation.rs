@@ -115,6 +115,35 @@ fn a_socket_user_outside_any_pod_is_refused() {
     assert!(err.contains("403") && err.contains("not_in_pod"), "{err}");
 }
 
+/// Starts `program args` held at a shell `read`, moves it into `pod`'s
+/// cgroup, copies its /proc entry into `fake_proc` (which the daemon reads)
+/// and releases it. Returns the child and its copied /proc directory.
+fn staged(
+    pod: &PodProcess,
+    fake_proc: &Path,
+    program: &Path,
+    args: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let mut child = Command::new("sh")
+        .args(["-c", "read _ && exec \"$@\"", "sh"])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::fs::write(pod.cgroup_dir().join("cgroup.procs"), pid.to_string()).unwrap();
+    let mine = fake_proc.join(pid.to_string());
+    std::fs::create_dir(&mine).unwrap();
+    for f in ["stat", "status", "cgroup"] {
+        std::fs::copy(format!("/proc/{pid}/{f}"), mine.join(f)).unwrap();
+    }
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    (child, mine)
+}
+
 /// Rewrites field 22 (start time) of a `/proc/<pid>/stat` copy.
 fn bump_start_time(stat: &Path) {
     let s = std::fs::read_to_string(stat).unwrap();
@@ -139,23 +168,12 @@ fn a_reused_pid_is_refused() {
     // A pod the kubelet does not list yet: the request waits for newer lists.
     let (uid, id) = (random_pod_uid(), random_container_id());
     let pod = PodProcess::spawn(Layout::V2Systemd(Qos::Burstable), &uid, &id);
-    let mut child = Command::new("sh")
-        .args(["-c", "read _ && exec \"$@\"", "sh"])
-        .arg(bin("jss"))
-        .args(["token", "--socket", d.socket.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    std::fs::write(pod.cgroup_dir().join("cgroup.procs"), pid.to_string()).unwrap();
-    let mine = fake_proc.path().join(pid.to_string());
-    std::fs::create_dir(&mine).unwrap();
-    for f in ["stat", "status", "cgroup"] {
-        std::fs::copy(format!("/proc/{pid}/{f}"), mine.join(f)).unwrap();
-    }
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let (child, mine) = staged(
+        &pod,
+        fake_proc.path(),
+        &bin("jss"),
+        &["token", "--socket", d.socket.to_str().unwrap()],
+    );
     std::thread::sleep(Duration::from_millis(600));
     // The pid now belongs to "another process", and the pod shows up.
     bump_start_time(&mine.join("stat"));
@@ -195,23 +213,13 @@ fn a_reused_pid_is_refused_on_a_kept_alive_connection() {
     );
     // Two requests on one connection, the second after a line on stdin.
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rb')\ndef ask():\n  s.sendall(b'GET /v1/token HTTP/1.1\\r\\nHost: j\\r\\n\\r\\n')\n  status=f.readline().split()[1].decode()\n  n=0\n  while True:\n    h=f.readline().strip()\n    if not h: break\n    if h.lower().startswith(b'content-length:'): n=int(h.split(b':')[1])\n  f.read(n)\n  return status\nprint(ask(), flush=True)\nsys.stdin.readline()\nprint(ask(), flush=True)";
-    let mut child = Command::new("sh")
-        .args(["-c", "read _ && exec python3 -c \"$0\" \"$1\"", script])
-        .arg(d.socket.to_str().unwrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    std::fs::write(pod.cgroup_dir().join("cgroup.procs"), pid.to_string()).unwrap();
-    let mine = fake_proc.path().join(pid.to_string());
-    std::fs::create_dir(&mine).unwrap();
-    for f in ["stat", "status", "cgroup"] {
-        std::fs::copy(format!("/proc/{pid}/{f}"), mine.join(f)).unwrap();
-    }
+    let (mut child, mine) = staged(
+        &pod,
+        fake_proc.path(),
+        Path::new("/usr/bin/python3"),
+        &["-c", script, d.socket.to_str().unwrap()],
+    );
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"go\n").unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut out, &mut first).unwrap();
