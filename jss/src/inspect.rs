@@ -43,7 +43,7 @@ pub struct Report {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
-    pub start_time: u64,
+    pub start_time: Option<u64>,
     pub pod_uid: Option<String>,
     /// Set for static pods: the cgroup carries the config hash, not a UID.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +86,7 @@ pub fn run(args: &InspectArgs) -> Result<Report, InspectError> {
         pid: peer.pid,
         uid: peer.uid,
         gid: peer.gid,
-        start_time: peer.start_time,
+        start_time: peer.start_time(),
         pod_uid: loc.pod_uid().map(str::to_string),
         static_pod_hash: match &loc.pod {
             Some(PodRef::ConfigHash(h)) => Some(h.clone()),

@@ -144,11 +144,16 @@ pub struct PodProcess {
 
 impl PodProcess {
     pub fn spawn(layout: Layout, pod_uid: &str, container_id: &str) -> Self {
-        let child = Command::new("sleep")
-            .arg("600")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `sleep`: {e}"));
+        Self::adopt(sleeper(), layout, pod_uid, container_id)
+    }
+
+    /// Like [`Self::spawn`], the process getting `pid` (which must be free):
+    /// a real PID reuse, see [`spawn_with_pid`].
+    pub fn spawn_as(layout: Layout, pod_uid: &str, container_id: &str, pid: i32) -> Self {
+        Self::adopt(spawn_with_pid(pid, sleeper), layout, pod_uid, container_id)
+    }
+
+    fn adopt(child: Child, layout: Layout, pod_uid: &str, container_id: &str) -> Self {
         let pid = i32::try_from(child.id()).unwrap_or_else(|e| panic!("pid: {e}"));
         let (dirs, shared) = layout.dirs(pod_uid, container_id);
         let mut me = Self {
@@ -223,6 +228,33 @@ fn remove_cgroup(d: &Path, ours: bool) -> std::io::Result<()> {
             r => return r,
         }
     }
+}
+
+fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `sleep`: {e}"))
+}
+
+/// Starts a process that gets `pid`, which must be free (exited and reaped).
+/// The kernel hands out `ns_last_pid + 1` next, so set it and spawn; another
+/// fork on the machine may take the number first, so try again then.
+pub fn spawn_with_pid(pid: i32, mut spawn: impl FnMut() -> Child) -> Child {
+    const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    for _ in 0..200 {
+        std::fs::write(LAST_PID, (pid - 1).to_string()).unwrap_or_else(|e| {
+            panic!("cannot write {LAST_PID} ({e}); reusing a pid on purpose needs root")
+        });
+        let mut child = spawn();
+        if i64::from(child.id()) == i64::from(pid) {
+            return child;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("pid {pid} was taken by other forks 200 times in a row");
 }
 
 /// A plain child outside any pod, killed on drop.

@@ -116,8 +116,8 @@ fn not_in_pod_names_the_cgroup_and_gone_is_gone() {
 #[test]
 fn peer_start_time_from_a_stat_with_parens_in_comm() {
     let root = fixtures().join("proc/cgroup-v1-pod");
-    let p = jss::attest::PeerProcess::at_accept(&root, 4242, 1000, 1000).unwrap();
-    assert_eq!(p.start_time, 987_654);
+    let p = jss::attest::PeerProcess::by_start_time(&root, 4242, 1000, 1000).unwrap();
+    assert_eq!(p.start_time(), Some(987_654));
     let p = jss::attest::PeerProcess::from_proc(&root, 4242).unwrap();
     assert_eq!((p.uid, p.gid), (1000, 1000));
 }

@@ -3,16 +3,19 @@
 //! kubepods-style cgroups (v1 and v2), attested against the kubelet
 //! stand-in. Runs as root; a cgroup tree that cannot be written fails.
 
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jss::attest::{Attestor, DenyClass, PeerProcess};
+use jss::attest::{Attestor, DenyClass, PeerProcess, ReuseGuard, guard_supported, locate};
 use jss::inspect::{InspectArgs, run};
 use jss::kubelet::{
     BoxFuture, KubeletPods, LookupError, PodMatch, PodQuery, PodSource, PodSourceStats,
 };
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
+use jss_tests::node::spawn_in;
 use jss_tests::pods::{HostProcess, Layout, PodProcess, Qos, random_container_id, random_pod_uid};
 
 fn pod_for(p: &PodProcess) -> serde_json::Value {
@@ -32,7 +35,7 @@ fn attestor(k: &KubeletStandin) -> Attestor {
 async fn attest_in(layout: Layout) {
     let p = PodProcess::spawn(layout, &random_pod_uid(), &random_container_id());
     let k = KubeletStandin::start(pod_list(&[pod_for(&p)]));
-    let peer = PeerProcess::at_accept(Path::new("/proc"), p.pid(), 0, 0).unwrap();
+    let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
     let w = attestor(&k)
         .attest(&peer)
         .await
@@ -91,7 +94,7 @@ async fn cgroup_file_is_what_the_kernel_says() {
 async fn process_outside_any_pod() {
     let h = HostProcess::spawn();
     let k = KubeletStandin::start(pod_list(&[]));
-    let peer = PeerProcess::at_accept(Path::new("/proc"), h.pid(), 0, 0).unwrap();
+    let peer = PeerProcess::by_start_time(Path::new("/proc"), h.pid(), 0, 0).unwrap();
     let e = attestor(&k).attest(&peer).await.unwrap_err();
     assert_eq!(
         (e.code(), e.class()),
@@ -115,7 +118,7 @@ async fn pid_reuse_guard() {
     let k = KubeletStandin::start(pod_list(&[pod_for(&p)]));
     let a = attestor(&k);
     // The peer connected as another uid: not this process any more.
-    let peer = PeerProcess::at_accept(Path::new("/proc"), p.pid(), 4321, 4321).unwrap();
+    let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 4321, 4321).unwrap();
     let e = a.attest(&peer).await.unwrap_err();
     assert_eq!(
         (e.code(), e.class()),
@@ -123,10 +126,110 @@ async fn pid_reuse_guard() {
         "{e}"
     );
     // A different start time (what a reused PID looks like).
-    let mut peer = PeerProcess::at_accept(Path::new("/proc"), p.pid(), 0, 0).unwrap();
-    peer.start_time -= 1;
+    let mut peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
+    let t = peer.start_time().unwrap();
+    peer.guard = ReuseGuard::StartTime(t - 1);
     let e = a.attest(&peer).await.unwrap_err();
     assert_eq!(e.code(), "process_changed", "{e}");
+}
+
+/// A caller in `pod` connected to `listener`: the child and the accepted end.
+fn connect_from(pod: &PodProcess, listener: &UnixListener) -> (Child, UnixStream) {
+    let script = "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ntime.sleep(600)";
+    let path = listener.local_addr().unwrap();
+    let sock = path.as_pathname().unwrap().to_str().unwrap();
+    let child = spawn_in(
+        pod,
+        Path::new("/usr/bin/python3"),
+        &["-c", script, sock],
+        Stdio::null(),
+    );
+    let (stream, _) = listener.accept().unwrap();
+    (child, stream)
+}
+
+/// The caller exits, its pid goes to a process in another listed pod, and
+/// the /proc files now describe that pod: both guards must refuse.
+async fn reused_pid_is_refused(use_pidfd: bool) {
+    let (a, b) = (
+        PodProcess::spawn(
+            Layout::V2Systemd(Qos::Burstable),
+            &random_pod_uid(),
+            &random_container_id(),
+        ),
+        (random_pod_uid(), random_container_id()),
+    );
+    let b_pod = PodBuilder::new(&b.0, "payments", "victim")
+        .container(Ctr::running("api", "registry.local/pay:1", &b.1))
+        .json();
+    let k = KubeletStandin::start(pod_list(&[pod_for(&a), b_pod]));
+    let att = attestor(&k);
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+    let (mut caller, stream) = connect_from(&a, &listener);
+    let peer = if use_pidfd {
+        PeerProcess::of_socket(Path::new("/proc"), &stream).unwrap()
+    } else {
+        PeerProcess::by_start_time(Path::new("/proc"), caller.id() as i32, 0, 0).unwrap()
+    };
+    assert_eq!(peer.pid, caller.id() as i32);
+    let loc = locate(Path::new("/proc"), peer.pid).unwrap();
+    assert_eq!(att.attest(&peer).await.unwrap().pod_uid, a.pod_uid);
+
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let _victim = PodProcess::spawn_as(Layout::V1Cgroupfs(Qos::BestEffort), &b.0, &b.1, peer.pid);
+    let now = locate(Path::new("/proc"), peer.pid).unwrap();
+    assert_eq!(now.pod_uid(), Some(b.0.as_str()), "the pid was not reused");
+
+    let expected = match peer.guard {
+        ReuseGuard::Pidfd(_) => "process_gone",
+        ReuseGuard::StartTime(_) => "process_changed",
+    };
+    // Located afresh (the victim's cgroup), and located before the exit.
+    for e in [
+        att.attest(&peer).await.unwrap_err(),
+        att.attest_located(&peer, &loc).await.unwrap_err(),
+    ] {
+        assert_eq!(
+            (e.code(), e.class()),
+            (expected, DenyClass::Unauthorized),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reused_pid_is_refused_by_the_kernels_guard() {
+    // On Linux >= 6.5 the socket gives a pidfd; older kernels fall back.
+    let peer_guard = guard_supported();
+    assert!(matches!(peer_guard, "pidfd" | "start_time"));
+    reused_pid_is_refused(true).await;
+}
+
+#[tokio::test]
+async fn reused_pid_is_refused_by_the_start_time_fallback() {
+    reused_pid_is_refused(false).await;
+}
+
+#[test]
+fn socket_peer_is_pinned_by_a_pidfd_where_the_kernel_allows() {
+    let a = PodProcess::spawn(
+        Layout::V1Cgroupfs(Qos::Guaranteed),
+        &random_pod_uid(),
+        &random_container_id(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+    let (mut caller, stream) = connect_from(&a, &listener);
+    let peer = PeerProcess::of_socket(Path::new("/proc"), &stream).unwrap();
+    assert_eq!(peer.guard.name(), guard_supported());
+    assert_eq!(peer.uid, 0);
+    peer.recheck(Path::new("/proc")).unwrap();
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let e = peer.recheck(Path::new("/proc")).unwrap_err();
+    assert_eq!(e.code(), "process_gone", "{e}");
 }
 
 /// Kills the caller while the kubelet is being asked.
@@ -153,7 +256,7 @@ async fn caller_that_exits_mid_attestation_is_refused() {
         &random_container_id(),
     );
     let k = KubeletStandin::start(pod_list(&[pod_for(&p)]));
-    let peer = PeerProcess::at_accept(Path::new("/proc"), p.pid(), 0, 0).unwrap();
+    let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
     let inner: Arc<dyn PodSource> = Arc::new(KubeletPods::from_config(&k.config()).unwrap());
     let a = Attestor::new(
         "/proc".into(),
@@ -181,7 +284,7 @@ async fn pod_listed_only_after_a_few_seconds() {
         std::thread::sleep(Duration::from_secs(2));
         k2.set_pods(pod_list(&[pod]));
     });
-    let peer = PeerProcess::at_accept(Path::new("/proc"), p.pid(), 0, 0).unwrap();
+    let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
     let w = attestor(&k).attest(&peer).await.unwrap();
     assert_eq!(w.pod_uid, p.pod_uid);
     assert!(k.requests() >= 3);
@@ -202,7 +305,7 @@ async fn kubelet_down_is_unavailable() {
         "/proc".into(),
         Arc::new(KubeletPods::from_config(&cfg).unwrap()),
     );
-    let peer = PeerProcess::at_accept(Path::new("/proc"), p.pid(), 0, 0).unwrap();
+    let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
     let e = a.attest(&peer).await.unwrap_err();
     assert_eq!(
         (e.code(), e.class()),

@@ -6,7 +6,6 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use jss::signer::SignerKind;
 use jss_tests::daemon::{Daemon, bin};
@@ -115,123 +114,94 @@ fn a_socket_user_outside_any_pod_is_refused() {
     assert!(err.contains("403") && err.contains("not_in_pod"), "{err}");
 }
 
-/// Starts `program args` held at a shell `read`, moves it into `pod`'s
-/// cgroup, copies its /proc entry into `fake_proc` (which the daemon reads)
-/// and releases it. Returns the child and its copied /proc directory.
-fn staged(
-    pod: &PodProcess,
-    fake_proc: &Path,
-    program: &Path,
-    args: &[&str],
-) -> (std::process::Child, std::path::PathBuf) {
+/// The attack PID reuse opens: a process connects, hands the connection to
+/// a child and exits; its pid goes to a process in another pod (here a real
+/// reuse, staged through ns_last_pid), and the child asks on the connection,
+/// once or, with `ask_first`, after a first request as itself.
+fn reuse_attack(ask_first: bool) {
+    let node = Node::new(SignerKind::Software, "[cache]\nenabled = false\n");
+    let (victim_uid, victim_id) = (random_pod_uid(), random_container_id());
+    let victim_pod = PodBuilder::new(&victim_uid, "payments", "victim")
+        .container(Ctr::running(
+            "api",
+            "registry.example.com/pay:1",
+            &victim_id,
+        ))
+        .json();
+    node.kubelet.set_pods(pod_list(&[
+        pod_json(&node.pod_uid, &node.app_id, &node.side_id),
+        victim_pod,
+    ]));
+    let d = Daemon::start(node.path(), &node.config);
+    let attacker = PodProcess::spawn(
+        Layout::V1Cgroupfs(Qos::Burstable),
+        &node.pod_uid,
+        &node.app_id,
+    );
+    let script = "import os,socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rb')\ndef ask():\n  s.sendall(b'GET /v1/token HTTP/1.1\\r\\nHost: j\\r\\n\\r\\n')\n  status=f.readline().split()[1].decode()\n  n=0\n  while True:\n    h=f.readline().strip()\n    if not h: break\n    if h.lower().startswith(b'content-length:'): n=int(h.split(b':')[1])\n  f.read(n)\n  return status\nif sys.argv[2]=='1': print(ask(), flush=True)\nif os.fork()==0:\n  sys.stdin.readline()\n  print(ask(), flush=True)\nos._exit(0)";
+    // A shell holds the program at `read` until it is in the pod's cgroup.
     let mut child = Command::new("sh")
-        .args(["-c", "read _ && exec \"$@\"", "sh"])
-        .arg(program)
-        .args(args)
+        .args([
+            "-c",
+            "read _ && exec \"$@\"",
+            "sh",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .args([
+            d.socket.to_str().unwrap(),
+            if ask_first { "1" } else { "0" },
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    std::fs::write(pod.cgroup_dir().join("cgroup.procs"), pid.to_string()).unwrap();
-    let mine = fake_proc.join(pid.to_string());
-    std::fs::create_dir(&mine).unwrap();
-    for f in ["stat", "status", "cgroup"] {
-        std::fs::copy(format!("/proc/{pid}/{f}"), mine.join(f)).unwrap();
+    let pid = child.id() as i32;
+    std::fs::write(attacker.cgroup_dir().join("cgroup.procs"), pid.to_string()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdin.write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    if ask_first {
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "200", "the attacker's own first request");
     }
-    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    (child, mine)
-}
+    // The connecting process exits (its child keeps the socket); reap it so
+    // its pid is free, and give the pid to a process in the victim's pod.
+    assert!(child.wait().unwrap().success());
+    let _victim = PodProcess::spawn_as(
+        Layout::V2Systemd(Qos::Guaranteed),
+        &victim_uid,
+        &victim_id,
+        pid,
+    );
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cg.contains(&victim_id), "pid {pid} was not reused: {cg}");
 
-/// Rewrites field 22 (start time) of a `/proc/<pid>/stat` copy.
-fn bump_start_time(stat: &Path) {
-    let s = std::fs::read_to_string(stat).unwrap();
-    let close = s.rfind(')').unwrap();
-    let mut fields: Vec<String> = s[close + 2..].split(' ').map(str::to_string).collect();
-    // fields[0] is field 3 (state); field 22 is fields[19]
-    let t: u64 = fields[19].parse().unwrap();
-    fields[19] = (t + 1).to_string();
-    std::fs::write(stat, format!("{}{}", &s[..close + 2], fields.join(" "))).unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "401",
+        "a connection whose process exited asked as the pid's new owner"
+    );
+    let audit = std::fs::read_to_string(node.path().join("audit.log")).unwrap_or_default();
+    assert!(
+        !audit.contains("victim"),
+        "the victim's identity was issued: {audit}"
+    );
 }
 
 #[test]
 fn a_reused_pid_is_refused() {
-    // The daemon reads a proc root we control, so "the caller exited and its
-    // pid went to another process" can be staged between accept and answer.
-    let fake_proc = tempfile::tempdir().unwrap();
-    let node = Node::new(
-        SignerKind::Software,
-        &format!("proc_root = \"{}\"\n", fake_proc.path().display()),
-    );
-    let d = Daemon::start(node.path(), &node.config);
-    // A pod the kubelet does not list yet: the request waits for newer lists.
-    let (uid, id) = (random_pod_uid(), random_container_id());
-    let pod = PodProcess::spawn(Layout::V2Systemd(Qos::Burstable), &uid, &id);
-    let (child, mine) = staged(
-        &pod,
-        fake_proc.path(),
-        &bin("jss"),
-        &["token", "--socket", d.socket.to_str().unwrap()],
-    );
-    std::thread::sleep(Duration::from_millis(600));
-    // The pid now belongs to "another process", and the pod shows up.
-    bump_start_time(&mine.join("stat"));
-    let late = PodBuilder::new(&uid, "late", "late-pod")
-        .container(Ctr::running("app", "docker.io/library/ubuntu:24.04", &id))
-        .json();
-    node.kubelet.set_pods(pod_list(&[
-        pod_json(&node.pod_uid, &node.app_id, &node.side_id),
-        late,
-    ]));
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "a reused pid got a token");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("401") && err.contains("process_changed"),
-        "{err}"
-    );
+    reuse_attack(false);
 }
 
 #[test]
 fn a_reused_pid_is_refused_on_a_kept_alive_connection() {
     // The container is located once per connection; the PID-reuse guard
     // must still run for every request on it.
-    let fake_proc = tempfile::tempdir().unwrap();
-    let node = Node::new(
-        SignerKind::Software,
-        &format!(
-            "proc_root = \"{}\"\n[cache]\nenabled = false\n",
-            fake_proc.path().display()
-        ),
-    );
-    let d = Daemon::start(node.path(), &node.config);
-    let pod = PodProcess::spawn(
-        Layout::V1Cgroupfs(Qos::Burstable),
-        &node.pod_uid,
-        &node.app_id,
-    );
-    // Two requests on one connection, the second after a line on stdin.
-    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rb')\ndef ask():\n  s.sendall(b'GET /v1/token HTTP/1.1\\r\\nHost: j\\r\\n\\r\\n')\n  status=f.readline().split()[1].decode()\n  n=0\n  while True:\n    h=f.readline().strip()\n    if not h: break\n    if h.lower().startswith(b'content-length:'): n=int(h.split(b':')[1])\n  f.read(n)\n  return status\nprint(ask(), flush=True)\nsys.stdin.readline()\nprint(ask(), flush=True)";
-    let (mut child, mine) = staged(
-        &pod,
-        fake_proc.path(),
-        Path::new("/usr/bin/python3"),
-        &["-c", script, d.socket.to_str().unwrap()],
-    );
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
-    assert_eq!(first.trim(), "200");
-    bump_start_time(&mine.join("stat"));
-    stdin.write_all(b"again\n").unwrap();
-    let mut second = String::new();
-    std::io::BufRead::read_line(&mut out, &mut second).unwrap();
-    assert_eq!(
-        second.trim(),
-        "401",
-        "a reused pid kept its connection's identity"
-    );
-    let _ = child.wait();
+    reuse_attack(true);
 }

@@ -41,6 +41,20 @@ pub enum AttestError {
         source: std::io::Error,
     },
     #[error(
+        "process {pid}, which opened this connection, has exited (the connection outlived it, or was passed on); connect again from a live process"
+    )]
+    ConnectorExited {
+        pid: i32,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("cannot read the caller's SO_PEERCRED: {0}")]
+    NoPeerCredentials(#[source] std::io::Error),
+    #[error(
+        "the kernel reported no pid for the caller (is it in another pid namespace without hostPID?)"
+    )]
+    NoPeerPid,
+    #[error(
         "cannot read {path} for process {pid}: {source}; JSS needs the host's /proc (check proc_root and that the daemon runs in the host PID namespace)"
     )]
     ProcRead {
@@ -83,7 +97,9 @@ impl AttestError {
     /// Short machine code: the JSON error code and the metrics label.
     pub fn code(&self) -> &'static str {
         match self {
-            AttestError::ProcessGone { .. } => "process_gone",
+            AttestError::ProcessGone { .. } | AttestError::ConnectorExited { .. } => "process_gone",
+            AttestError::NoPeerCredentials(_) => "no_peer_credentials",
+            AttestError::NoPeerPid => "no_peer_pid",
             AttestError::ProcRead { .. } => "proc_unreadable",
             AttestError::ProcMalformed { .. } => "proc_malformed",
             AttestError::NotInPod { .. } => "not_in_pod",
@@ -95,9 +111,10 @@ impl AttestError {
 
     pub fn class(&self) -> DenyClass {
         match self {
-            AttestError::ProcessGone { .. } | AttestError::ProcessChanged { .. } => {
-                DenyClass::Unauthorized
-            }
+            AttestError::ProcessGone { .. }
+            | AttestError::ConnectorExited { .. }
+            | AttestError::ProcessChanged { .. } => DenyClass::Unauthorized,
+            AttestError::NoPeerCredentials(_) | AttestError::NoPeerPid => DenyClass::Forbidden,
             AttestError::ProcRead { .. } | AttestError::ProcMalformed { .. } => DenyClass::Internal,
             AttestError::NotInPod { .. } | AttestError::CgroupConflict { .. } => {
                 DenyClass::Forbidden

@@ -10,7 +10,6 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use rand_core::RngCore as _;
 use serde::Serialize;
 
 pub use images::{images_hash, images_names};
@@ -35,6 +34,8 @@ pub enum ClaimsError {
         pod: String,
         container: String,
     },
+    #[error("the random number generator failed while making a token ID")]
+    Random,
 }
 
 /// The node's own facts, read once at start.
@@ -159,7 +160,7 @@ impl ClaimsBuilder {
             iat: now,
             nbf: now,
             exp: now + self.ttl_seconds,
-            jti: new_jti(),
+            jti: new_jti()?,
             cluster_name: self.facts.cluster_name.clone(),
             cluster_region: self.facts.cluster_region.clone(),
             machineid: self.facts.machine_id.clone(),
@@ -179,10 +180,11 @@ impl ClaimsBuilder {
 }
 
 /// 128 random bits, base64url: unique per token so replays can be spotted.
-fn new_jti() -> String {
+/// From aws-lc's DRBG (seeded by the kernel) rather than a getrandom call per token.
+fn new_jti() -> Result<String, ClaimsError> {
     let mut b = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut b);
-    B64.encode(b)
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| ClaimsError::Random)?;
+    Ok(B64.encode(b))
 }
 
 #[cfg(test)]

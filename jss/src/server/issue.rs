@@ -9,6 +9,7 @@ use super::audit::AuditRecord;
 use super::{App, Denial};
 use crate::attest::{Location, PeerProcess, locate};
 use crate::cache::{CacheKey, CachedToken};
+use crate::claims::ClaimsError;
 use crate::signer::Backend;
 
 /// A token handed to the caller.
@@ -112,10 +113,12 @@ impl App {
             });
         }
 
-        let claims = self
-            .claims
-            .build(&workload, audience, now)
-            .map_err(|e| deny(Denial::new(403, "claims_unavailable", e.to_string())))?;
+        let claims = self.claims.build(&workload, audience, now).map_err(|e| {
+            deny(match e {
+                ClaimsError::Random => Denial::new(500, "internal", e.to_string()),
+                _ => Denial::new(403, "claims_unavailable", e.to_string()),
+            })
+        })?;
         // Bound the work waiting for the signer: past it, shed load with 503
         // rather than queue without limit.
         let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {

@@ -7,6 +7,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::kubelet::PodSource;
@@ -49,7 +50,8 @@ impl Collector for KubeletFetches {
 }
 
 impl Metrics {
-    pub fn new(pods: Arc<dyn PodSource>) -> Self {
+    /// `pid_guard`: which PID-reuse guard this kernel allows (`pidfd` or `start_time`).
+    pub fn new(pods: Arc<dyn PodSource>, pid_guard: &'static str) -> Self {
         let mut registry = Registry::default();
         let tokens_issued = Counter::default();
         let cache_hits = Counter::default();
@@ -81,6 +83,11 @@ impl Metrics {
             "jss_request_duration_seconds",
             "Token request latency",
             request_seconds.clone(),
+        );
+        registry.register(
+            "jss_pid_reuse_guard",
+            "How callers are told apart from later processes with the same pid",
+            Info::new(vec![("guard", pid_guard)]),
         );
         registry.register_collector(Box::new(KubeletFetches(pods)));
         Self {

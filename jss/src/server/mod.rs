@@ -1,9 +1,9 @@
 //! `jss serve`: the socket server.
 //!
-//! At accept the kernel tells us who is calling (SO_PEERCRED) and the start
-//! time of that process is recorded; each request then runs attest → kubelet
-//! → claims → cache → signer (see `issue`). Signing runs on blocking threads
-//! behind a bounded queue, never on the async runtime.
+//! At accept the kernel tells us who is calling (SO_PEERCRED) and hands us a
+//! pidfd for that process (SO_PEERPIDFD); each request then runs attest →
+//! kubelet → claims → cache → signer (see `issue`). TPM signatures run on
+//! blocking threads behind a bounded queue, never on the async runtime.
 
 mod audit;
 pub mod http;
@@ -128,7 +128,7 @@ impl App {
             } else {
                 0
             }),
-            metrics: Metrics::new(pods),
+            metrics: Metrics::new(pods, crate::attest::guard_supported()),
             audit,
             keys: RwLock::new(Arc::new(keys)),
             sign_queue: Arc::new(Semaphore::new(cfg.limits.signer_queue)),
@@ -211,6 +211,11 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
         kid = app.signer.kid(),
         "jss serving"
     );
+    if crate::attest::guard_supported() != "pidfd" {
+        tracing::warn!(
+            "this kernel has no SO_PEERPIDFD (Linux < 6.5): the PID-reuse guard falls back to comparing process start times, which leaves a short race at accept"
+        );
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         let permit = tokio::select! {
@@ -281,20 +286,9 @@ pub struct Peer {
     pub location: OnceLock<Location>,
 }
 
-/// The kernel's view of the caller, recorded at accept (PID-reuse guard).
+/// The kernel's view of the caller, taken at accept (PID-reuse guard).
 fn peer_of(app: &App, stream: &UnixStream) -> Result<PeerProcess, Denial> {
-    let cred = stream.peer_cred().map_err(|e| {
-        Denial::new(
-            403,
-            "no_peer_credentials",
-            format!("cannot read the caller's SO_PEERCRED: {e}"),
-        )
-    })?;
-    let pid = cred.pid().ok_or_else(|| {
-        Denial::new(403, "no_peer_pid", "the kernel reported no pid for the caller (is it in another pid namespace without hostPID?)".into())
-    })?;
-    PeerProcess::at_accept(&app.cfg.proc_root, pid, cred.uid(), cred.gid())
-        .map_err(|e| Denial::from(&e))
+    PeerProcess::of_socket(&app.cfg.proc_root, stream).map_err(|e| Denial::from(&e))
 }
 
 impl From<&AttestError> for Denial {
