@@ -39,7 +39,14 @@ impl Daemon {
         std::fs::write(&config, config_toml).unwrap_or_else(|e| panic!("write config: {e}"));
         let stderr_log = dir.join("jss.stderr");
         let err = std::fs::File::create(&stderr_log).unwrap_or_else(|e| panic!("log file: {e}"));
-        let child = Command::new(bin("jss"))
+        // JSS_DAEMON_WRAPPER="valgrind --tool=callgrind" runs the daemon under a
+        // profiler (see DEVELOPERS.md).
+        let wrapper = std::env::var("JSS_DAEMON_WRAPPER").unwrap_or_default();
+        let mut argv: Vec<std::ffi::OsString> =
+            wrapper.split_whitespace().map(Into::into).collect();
+        argv.push(bin("jss").into());
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -61,7 +68,7 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;

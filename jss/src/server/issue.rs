@@ -99,12 +99,12 @@ impl App {
         };
 
         let now = now_unix();
-        let key = CacheKey {
+        let key = self.cache.enabled().then(|| CacheKey {
             pod_uid: workload.pod_uid.clone(),
             container_id: workload.container_id.clone(),
             audience: audience.to_string(),
-        };
-        if let Some(t) = self.cache.get(&key, now) {
+        });
+        if let Some(t) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             self.metrics.cache_hits.inc();
             record("cached", &t);
             return Ok(Issued {
@@ -166,7 +166,9 @@ impl App {
             exp,
         };
         record("issued", &cached);
-        self.cache.insert(key, cached.clone(), now);
+        if let Some(key) = key {
+            self.cache.insert(key, cached.clone(), now);
+        }
         Ok(Issued {
             token: cached.token,
             exp,
