@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::kubelet::PodMatch;
-use crate::kubelet::podlist::image_digest;
 pub use crate::kubelet::{ContainerKind, OwnerReference};
 
 /// One container of the pod: its spec image and, once pulled, its digest.
@@ -49,10 +48,7 @@ impl Workload {
                 images.push(ContainerImage {
                     name: c.name.clone(),
                     image: c.image.clone(),
-                    digest: pod
-                        .status(kind, &c.name)
-                        .and_then(|s| s.image_id.as_deref())
-                        .and_then(image_digest),
+                    digest: pod.status(kind, &c.name).and_then(|s| s.digest.clone()),
                     kind,
                 });
             }
@@ -67,22 +63,20 @@ impl Workload {
             .filter(|i| !i.is_empty())
             .or_else(|| status.and_then(|s| s.image.clone()))
             .unwrap_or_default();
-        let image_digest = status
-            .and_then(|s| s.image_id.as_deref())
-            .and_then(image_digest);
+        let image_digest = status.and_then(|s| s.digest.clone());
         Workload {
-            namespace: pod.namespace,
-            pod_name: pod.name,
-            pod_uid: pod.uid,
-            service_account: pod.service_account,
-            node_name: pod.node_name,
+            namespace: pod.namespace.clone(),
+            pod_name: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            service_account: pod.service_account.clone(),
+            node_name: pod.node_name.clone(),
             container_name: m.container_name,
             container_id: m.container_id,
             image,
             image_digest,
             images,
-            labels: pod.labels,
-            owner_references: pod.owner_references,
+            labels: pod.labels.clone(),
+            owner_references: pod.owner_references.clone(),
         }
     }
 }

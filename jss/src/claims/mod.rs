@@ -84,32 +84,34 @@ pub const WORKLOAD_CLAIMS: &[&str] = &[
 pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 
 /// The token payload (DESIGN.md, "Token format").
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Claims {
-    pub iss: String,
+/// Node and workload fields borrow from the builder and the workload: a
+/// token costs no copies of them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Claims<'a> {
+    pub iss: &'a str,
     pub sub: String,
-    pub aud: String,
+    pub aud: &'a str,
     pub iat: u64,
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
     #[serde(rename = "cluster-name")]
-    pub cluster_name: String,
+    pub cluster_name: &'a str,
     #[serde(rename = "cluster-region")]
-    pub cluster_region: String,
-    pub machineid: String,
-    pub node: String,
-    pub namespace: String,
-    pub pod: String,
+    pub cluster_region: &'a str,
+    pub machineid: &'a str,
+    pub node: &'a str,
+    pub namespace: &'a str,
+    pub pod: &'a str,
     #[serde(rename = "pod-uid")]
-    pub pod_uid: String,
+    pub pod_uid: &'a str,
     #[serde(rename = "service-account")]
-    pub service_account: String,
-    pub container: String,
+    pub service_account: &'a str,
+    pub container: &'a str,
     #[serde(rename = "images-names")]
     pub images_names: String,
     pub images: String,
-    pub image: String,
+    pub image: &'a str,
 }
 
 /// Builds claims for one node.
@@ -138,10 +140,15 @@ impl ClaimsBuilder {
     }
 
     /// Claims for `w` asking for `audience` at unix time `now`.
-    pub fn build(&self, w: &Workload, audience: &str, now: u64) -> Result<Claims, ClaimsError> {
+    pub fn build<'a>(
+        &'a self,
+        w: &'a Workload,
+        audience: &'a str,
+        now: u64,
+    ) -> Result<Claims<'a>, ClaimsError> {
         let image = w
             .image_digest
-            .clone()
+            .as_deref()
             .ok_or_else(|| ClaimsError::NoImageDigest {
                 namespace: w.namespace.clone(),
                 pod: w.pod_name.clone(),
@@ -154,22 +161,22 @@ impl ClaimsBuilder {
             .map(|c| c.image.as_str())
             .collect();
         let mut claims = Claims {
-            iss: self.facts.issuer.clone(),
+            iss: &self.facts.issuer,
             sub: String::new(),
-            aud: audience.to_string(),
+            aud: audience,
             iat: now,
             nbf: now,
             exp: now + self.ttl_seconds,
             jti: new_jti()?,
-            cluster_name: self.facts.cluster_name.clone(),
-            cluster_region: self.facts.cluster_region.clone(),
-            machineid: self.facts.machine_id.clone(),
-            node: self.facts.node_name.clone(),
-            namespace: w.namespace.clone(),
-            pod: w.pod_name.clone(),
-            pod_uid: w.pod_uid.clone(),
-            service_account: w.service_account.clone(),
-            container: w.container_name.clone(),
+            cluster_name: &self.facts.cluster_name,
+            cluster_region: &self.facts.cluster_region,
+            machineid: &self.facts.machine_id,
+            node: &self.facts.node_name,
+            namespace: &w.namespace,
+            pod: &w.pod_name,
+            pod_uid: &w.pod_uid,
+            service_account: &w.service_account,
+            container: &w.container_name,
             images_names: images_names(&names),
             images: images_hash(&names),
             image,

@@ -80,21 +80,21 @@ impl SubTemplate {
         Ok(Self { parts })
     }
 
-    pub fn render(&self, c: &Claims) -> String {
+    pub fn render(&self, c: &Claims<'_>) -> String {
         let mut out = String::with_capacity(160);
         for p in &self.parts {
             match p {
                 Part::Lit(s) => out.push_str(s),
                 Part::Claim(name) => out.push_str(match name.as_str() {
-                    "cluster-region" => &c.cluster_region,
-                    "cluster-name" => &c.cluster_name,
-                    "namespace" => &c.namespace,
-                    "service-account" => &c.service_account,
+                    "cluster-region" => c.cluster_region,
+                    "cluster-name" => c.cluster_name,
+                    "namespace" => c.namespace,
+                    "service-account" => c.service_account,
                     "images" => &c.images,
-                    "image" => &c.image,
-                    "container" => &c.container,
-                    "node" => &c.node,
-                    "machineid" => &c.machineid,
+                    "image" => c.image,
+                    "container" => c.container,
+                    "node" => c.node,
+                    "machineid" => c.machineid,
                     _ => "",
                 }),
             }

@@ -53,9 +53,8 @@ fn builder() -> ClaimsBuilder {
 
 #[test]
 fn claims_follow_the_token_format() {
-    let c = builder()
-        .build(&workload(), "vault", 1_700_000_000)
-        .unwrap();
+    let (b, w) = (builder(), workload());
+    let c = b.build(&w, "vault", 1_700_000_000).unwrap();
     assert_eq!(c.exp - c.iat, 60);
     assert_eq!(c.nbf, c.iat);
     assert_eq!(c.images_names, "nginx:1.27,envoy:1,busybox:1");
@@ -92,8 +91,9 @@ fn claims_follow_the_token_format() {
 #[test]
 fn jti_is_unique() {
     let b = builder();
-    let a = b.build(&workload(), "vault", 1).unwrap();
-    let c = b.build(&workload(), "vault", 1).unwrap();
+    let w = workload();
+    let a = b.build(&w, "vault", 1).unwrap();
+    let c = b.build(&w, "vault", 1).unwrap();
     assert_ne!(a.jti, c.jti);
 }
 

@@ -15,6 +15,7 @@ pub mod podlist;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub use cache::{FetchPods, KubeletPods, SharedPodList, StaticPods, Timing};
 pub use client::KubeletClient;
@@ -36,7 +37,7 @@ pub struct PodQuery {
 /// The pod and the caller's container in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodMatch {
-    pub pod: Pod,
+    pub pod: Arc<Pod>,
     pub kind: ContainerKind,
     pub container_name: String,
     pub container_id: String,
@@ -80,7 +81,7 @@ impl PodList {
     /// Looks the container up in every pod's container, init-container and
     /// ephemeral-container statuses.
     pub(crate) fn lookup(&self, q: &PodQuery, version: u64) -> Outcome {
-        let mut hit: Option<(&Pod, &ContainerStatus)> = None;
+        let mut hit: Option<(&Arc<Pod>, &ContainerStatus)> = None;
         for pod in &self.pods {
             let Some(st) = pod
                 .statuses
@@ -121,7 +122,7 @@ impl PodList {
             });
         }
         Outcome::Found(Box::new(PodMatch {
-            pod: pod.clone(),
+            pod: Arc::clone(pod),
             kind: st.kind,
             container_name: st.name.clone(),
             container_id: q.container_id.clone(),

@@ -5,6 +5,7 @@
 //! built, so a 110-pod list costs little more than its bytes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -42,6 +43,8 @@ pub struct ContainerStatus {
     /// The ID after `://`, if the runtime has created the container yet.
     pub container_id: Option<String>,
     pub image_id: Option<String>,
+    /// `sha256:<hex>` from `image_id`, worked out once per list.
+    pub digest: Option<String>,
     pub image: Option<String>,
     /// `running`, `waiting`, `terminated` or `unknown`.
     pub state: &'static str,
@@ -86,7 +89,8 @@ impl Pod {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodList {
-    pub pods: Vec<Pod>,
+    /// Shared with the lookups that match them: a token request copies no pod.
+    pub pods: Vec<Arc<Pod>>,
     /// Pods the kubelet listed without a UID (skipped).
     pub skipped: usize,
 }
@@ -121,7 +125,7 @@ impl PodList {
             ] {
                 statuses.extend(v.into_iter().map(|s| s.into_status(kind)));
             }
-            list.pods.push(Pod {
+            list.pods.push(Arc::new(Pod {
                 uid,
                 name: p.metadata.name,
                 namespace: p.metadata.namespace,
@@ -137,7 +141,7 @@ impl PodList {
                 init_containers: p.spec.init_containers,
                 ephemeral_containers: p.spec.ephemeral_containers,
                 statuses,
-            });
+            }));
         }
         Ok(list)
     }
@@ -256,11 +260,13 @@ impl RawContainerStatus {
                     Some((_, id)) => id.to_string(),
                     None => c,
                 });
+        let image_id = self.image_id.filter(|s| !s.is_empty());
         ContainerStatus {
             kind,
             name: self.name,
             container_id,
-            image_id: self.image_id.filter(|s| !s.is_empty()),
+            digest: image_id.as_deref().and_then(image_digest),
+            image_id,
             image: self.image.filter(|s| !s.is_empty()),
             state,
         }

@@ -133,7 +133,7 @@ async fn one_fetch_for_many_callers() {
     for _ in 0..50 {
         let s = src.clone();
         tasks.push(tokio::spawn(async move {
-            s.find(&q(Some("a"))).await.map(|m| m.pod.uid)
+            s.find(&q(Some("a"))).await.map(|m| m.pod.uid.clone())
         }));
     }
     for t in tasks {

@@ -11,6 +11,7 @@ use crate::attest::{Location, PeerProcess, locate};
 use crate::cache::{CacheKey, CachedToken};
 use crate::claims::ClaimsError;
 use crate::signer::Backend;
+use crate::token::TokenEncoder;
 
 /// A token handed to the caller.
 pub struct Issued {
@@ -127,12 +128,17 @@ impl App {
                 "too many requests are waiting for the signer; retry shortly".into(),
             )));
         };
-        let encoder = self.encoder();
+        // Serialised here, so only owned bytes cross to a blocking thread.
+        let input = match self.encoder().signing_input(&claims) {
+            Ok(i) => i,
+            Err(e) => return Err(deny(Denial::new(500, "internal", e.to_string()))),
+        };
+        let (jti, exp) = (claims.jti, claims.exp);
         let signer = Arc::clone(&self.signer);
-        let (jti, exp) = (claims.jti.clone(), claims.exp);
         let sign = move || {
             let _permit = permit;
-            encoder.encode(signer.as_ref(), &claims)
+            let sig = signer.sign(input.as_bytes())?;
+            Ok::<_, crate::signer::SignerError>(TokenEncoder::finish(input, &sig))
         };
         // A software signature is ~20 µs of CPU, less than handing it to the
         // blocking pool costs; the TPM waits on a device or socket for ~1 ms
