@@ -566,3 +566,44 @@ fn warns_when_the_node_certificate_is_nearly_expired() {
     );
     assert!(d.stderr().contains("jss-bootstrap node renew"));
 }
+
+#[test]
+fn refusals_are_logged_with_the_request_and_workload_spans() {
+    let env = start("");
+    // A running container whose image digest the kubelet does not know yet.
+    let (uid, id) = (random_pod_uid(), random_container_id());
+    let mut ctr = Ctr::running("app", "registry.local/app:1", &id);
+    ctr.digest = None;
+    let undigested = PodBuilder::new(&uid, "team-b", "nodigest-0")
+        .container(ctr)
+        .json();
+    env.kubelet.set_pods(pod_list(&[
+        pod_json(&env.pod_uid, &env.app_id, &env.side_id),
+        undigested,
+    ]));
+    let pod = PodProcess::spawn(Layout::V1Cgroupfs(Qos::BestEffort), &uid, &id);
+    let out = run_in(
+        &pod,
+        &["token", "--socket", env.daemon.socket.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403") && err.contains("claims_unavailable"),
+        "{err}"
+    );
+
+    let log = env.daemon.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("claims_unavailable"))
+        .unwrap_or_else(|| panic!("no log line for the refusal:\n{log}"));
+    // Plain text (no terminal colours in a log file), the caller's pid first.
+    assert!(!line.contains('\x1b'), "{line:?}");
+    for part in [
+        "token{pid=",
+        "}:workload{namespace=team-b pod=nodigest-0 container=app}:",
+    ] {
+        assert!(line.contains(&part), "{part} not in {line}");
+    }
+}
