@@ -604,6 +604,6 @@ fn refusals_are_logged_with_the_request_and_workload_spans() {
         "token{pid=",
         "}:workload{namespace=team-b pod=nodigest-0 container=app}:",
     ] {
-        assert!(line.contains(&part), "{part} not in {line}");
+        assert!(line.contains(part), "{part} not in {line}");
     }
 }
