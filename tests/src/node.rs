@@ -130,6 +130,7 @@ pub fn spawn_in(
     args: &[&str],
     stdout: Stdio,
 ) -> std::process::Child {
+    let guard = crate::pods::SPAWN.lock().unwrap_or_else(|p| p.into_inner());
     let mut child = Command::new("sh")
         .args(["-c", "read _ && exec \"$@\"", "sh"])
         .arg(program)
@@ -139,6 +140,7 @@ pub fn spawn_in(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn sh: {e}"));
+    drop(guard);
     std::fs::write(
         pod.cgroup_dir().join("cgroup.procs"),
         child.id().to_string(),

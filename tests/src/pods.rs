@@ -12,6 +12,9 @@ use sha2::Digest as _;
 /// Serializes creating and removing the shared parents (kubepods, QoS level)
 /// between tests of one binary.
 static TREE: Mutex<()> = Mutex::new(());
+/// Held while the harness forks, so a test reusing a pid on purpose
+/// ([`spawn_with_pid`]) is not beaten to it by another test's child.
+pub static SPAWN: Mutex<()> = Mutex::new(());
 
 /// The v1 controller used: `pids` is always there and limits nothing here.
 pub const V1_CONTROLLER: &str = "pids";
@@ -144,7 +147,11 @@ pub struct PodProcess {
 
 impl PodProcess {
     pub fn spawn(layout: Layout, pod_uid: &str, container_id: &str) -> Self {
-        Self::adopt(sleeper(), layout, pod_uid, container_id)
+        let child = {
+            let _g = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+            sleeper()
+        };
+        Self::adopt(child, layout, pod_uid, container_id)
     }
 
     /// Like [`Self::spawn`], the process getting `pid` (which must be free):
@@ -243,6 +250,8 @@ fn sleeper() -> Child {
 /// fork on the machine may take the number first, so try again then.
 pub fn spawn_with_pid(pid: i32, mut spawn: impl FnMut() -> Child) -> Child {
     const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    // The harness's own spawns wait meanwhile (see SPAWN).
+    let _g = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..200 {
         std::fs::write(LAST_PID, (pid - 1).to_string()).unwrap_or_else(|e| {
             panic!("cannot write {LAST_PID} ({e}); reusing a pid on purpose needs root")
@@ -253,6 +262,10 @@ pub fn spawn_with_pid(pid: i32, mut spawn: impl FnMut() -> Child) -> Child {
         }
         let _ = child.kill();
         let _ = child.wait();
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // Someone else's fork got it: give a short-lived one time to end.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     panic!("pid {pid} was taken by other forks 200 times in a row");
 }
@@ -263,6 +276,7 @@ pub struct HostProcess(Child);
 
 impl HostProcess {
     pub fn spawn() -> Self {
+        let _g = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
         Self(
             Command::new("sleep")
                 .arg("600")

@@ -199,11 +199,28 @@ async fn reused_pid_is_refused(use_pidfd: bool) {
     }
 }
 
+/// Linux 6.5 added SO_PEERPIDFD: from there on the pidfd guard must be used.
+fn kernel_has_peer_pidfd() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap(), v.next().unwrap_or(0)) >= (6, 5)
+}
+
+#[test]
+fn the_pidfd_guard_is_used_where_the_kernel_has_it() {
+    let expected = if kernel_has_peer_pidfd() {
+        "pidfd"
+    } else {
+        "start_time"
+    };
+    assert_eq!(guard_supported(), expected);
+}
+
 #[tokio::test]
 async fn reused_pid_is_refused_by_the_kernels_guard() {
-    // On Linux >= 6.5 the socket gives a pidfd; older kernels fall back.
-    let peer_guard = guard_supported();
-    assert!(matches!(peer_guard, "pidfd" | "start_time"));
     reused_pid_is_refused(true).await;
 }
 

@@ -117,7 +117,8 @@ fn a_socket_user_outside_any_pod_is_refused() {
 /// The attack PID reuse opens: a process connects, hands the connection to
 /// a child and exits; its pid goes to a process in another pod (here a real
 /// reuse, staged through ns_last_pid), and the child asks on the connection,
-/// once or, with `ask_first`, after a first request as itself.
+/// once or, with `ask_first`, after a first request as itself. A `/healthz`
+/// answer first proves the daemon took the connection while its process lived.
 fn reuse_attack(ask_first: bool) {
     let node = Node::new(SignerKind::Software, "[cache]\nenabled = false\n");
     let (victim_uid, victim_id) = (random_pod_uid(), random_container_id());
@@ -138,7 +139,7 @@ fn reuse_attack(ask_first: bool) {
         &node.pod_uid,
         &node.app_id,
     );
-    let script = "import os,socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rb')\ndef ask():\n  s.sendall(b'GET /v1/token HTTP/1.1\\r\\nHost: j\\r\\n\\r\\n')\n  status=f.readline().split()[1].decode()\n  n=0\n  while True:\n    h=f.readline().strip()\n    if not h: break\n    if h.lower().startswith(b'content-length:'): n=int(h.split(b':')[1])\n  f.read(n)\n  return status\nif sys.argv[2]=='1': print(ask(), flush=True)\nif os.fork()==0:\n  sys.stdin.readline()\n  print(ask(), flush=True)\nos._exit(0)";
+    let script = "import os,socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rb')\ndef ask(path=b'/v1/token'):\n  s.sendall(b'GET '+path+b' HTTP/1.1\\r\\nHost: j\\r\\n\\r\\n')\n  status=f.readline().split()[1].decode()\n  n=0\n  while True:\n    h=f.readline().strip()\n    if not h: break\n    if h.lower().startswith(b'content-length:'): n=int(h.split(b':')[1])\n  f.read(n)\n  return status\nask(b'/healthz')\nif sys.argv[2]=='1': print(ask(), flush=True)\nif os.fork()==0:\n  sys.stdin.readline()\n  print(ask(), flush=True)\nos._exit(0)";
     // A shell holds the program at `read` until it is in the pod's cgroup.
     let mut child = Command::new("sh")
         .args([
@@ -187,7 +188,12 @@ fn reuse_attack(ask_first: bool) {
         "401",
         "a connection whose process exited asked as the pid's new owner"
     );
-    let audit = std::fs::read_to_string(node.path().join("audit.log")).unwrap_or_default();
+    let audit = std::fs::read_to_string(node.path().join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"outcome\":\"denied\",\"code\":\"process_gone\"")
+            || audit.contains("\"outcome\":\"denied\",\"code\":\"process_changed\""),
+        "{audit}"
+    );
     assert!(
         !audit.contains("victim"),
         "the victim's identity was issued: {audit}"

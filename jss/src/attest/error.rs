@@ -48,6 +48,14 @@ pub enum AttestError {
         #[source]
         source: Option<std::io::Error>,
     },
+    #[error(
+        "cannot get a pidfd for process {pid}: {source}; the daemon may be out of file descriptors (raise LimitNOFILE)"
+    )]
+    NoPidfd {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the caller's SO_PEERCRED: {0}")]
     NoPeerCredentials(#[source] std::io::Error),
     #[error(
@@ -100,6 +108,7 @@ impl AttestError {
             AttestError::ProcessGone { .. } | AttestError::ConnectorExited { .. } => "process_gone",
             AttestError::NoPeerCredentials(_) => "no_peer_credentials",
             AttestError::NoPeerPid => "no_peer_pid",
+            AttestError::NoPidfd { .. } => "no_pidfd",
             AttestError::ProcRead { .. } => "proc_unreadable",
             AttestError::ProcMalformed { .. } => "proc_malformed",
             AttestError::NotInPod { .. } => "not_in_pod",
@@ -116,6 +125,7 @@ impl AttestError {
             | AttestError::ProcessChanged { .. } => DenyClass::Unauthorized,
             AttestError::NoPeerCredentials(_) | AttestError::NoPeerPid => DenyClass::Forbidden,
             AttestError::ProcRead { .. } | AttestError::ProcMalformed { .. } => DenyClass::Internal,
+            AttestError::NoPidfd { .. } => DenyClass::Unavailable,
             AttestError::NotInPod { .. } | AttestError::CgroupConflict { .. } => {
                 DenyClass::Forbidden
             }

@@ -64,11 +64,19 @@ impl PeerProcess {
             Err(Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
                 ReuseGuard::StartTime(start_time(proc_root, pid)?)
             }
-            // The kernel gives no pidfd for a process that has already exited.
-            Err(e) => {
+            // Kernels before 6.16 give no pidfd for a connector that has exited.
+            Err(e @ (Errno::EINVAL | Errno::ESRCH)) => {
                 return Err(AttestError::ConnectorExited {
                     pid,
                     source: Some(e.into()),
+                });
+            }
+            Err(Errno::ENODATA) => return Err(AttestError::NoPeerPid),
+            // Out of descriptors or memory: our trouble, not the caller's.
+            Err(e) => {
+                return Err(AttestError::NoPidfd {
+                    pid,
+                    source: e.into(),
                 });
             }
         };

@@ -21,6 +21,8 @@ pub struct AuditRecord<'a> {
     pub exp: Option<u64>,
     /// "issued", "cached" or "denied".
     pub outcome: &'a str,
+    /// For "denied": the error code the caller got, then the message.
+    pub code: Option<&'a str>,
     pub reason: Option<&'a str>,
 }
 

@@ -138,10 +138,7 @@ async fn issue(
     };
     let process = match &peer.process {
         Ok(p) => p,
-        Err(d) => {
-            app.metrics.deny(d.code);
-            return Err(d.clone());
-        }
+        Err(r) => return Err(app.refuse(r.pid, r.uid, audience, r.denial.clone())),
     };
     app.issue(process, &peer.location, audience).await
 }

@@ -40,14 +40,15 @@ impl App {
             .await
     }
 
-    /// Counts, audits and logs a refusal.
-    fn deny(&self, peer: &PeerProcess, audience: &str, d: Denial) -> Denial {
+    /// Counts, audits and logs a refusal of the caller `pid` (running as `uid`).
+    pub(super) fn refuse(&self, pid: i32, uid: u32, audience: &str, d: Denial) -> Denial {
         self.metrics.deny(d.code);
         self.audit.record(AuditRecord {
-            pid: peer.pid,
-            uid: peer.uid,
+            pid,
+            uid,
             audience: Some(audience),
             outcome: "denied",
+            code: Some(d.code),
             reason: Some(&d.message),
             ..Default::default()
         });
@@ -61,7 +62,7 @@ impl App {
         location: &OnceLock<Location>,
         audience: &str,
     ) -> Result<Issued, Denial> {
-        let deny = |d: Denial| self.deny(peer, audience, d);
+        let deny = |d: Denial| self.refuse(peer.pid, peer.uid, audience, d);
         let loc = match location.get() {
             Some(l) => l,
             None => match locate(self.attestor.proc_root(), peer.pid) {
@@ -93,7 +94,7 @@ impl App {
         workload: &Workload,
         audience: &str,
     ) -> Result<Issued, Denial> {
-        let deny = |d: Denial| self.deny(peer, audience, d);
+        let deny = |d: Denial| self.refuse(peer.pid, peer.uid, audience, d);
         let record = |outcome: &'static str, t: &CachedToken| {
             self.audit.record(AuditRecord {
                 time: 0.0,
@@ -106,6 +107,7 @@ impl App {
                 jti: Some(&t.jti),
                 exp: Some(t.exp),
                 outcome,
+                code: None,
                 reason: None,
             });
             self.metrics.tokens_issued.inc();

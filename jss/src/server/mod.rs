@@ -187,13 +187,14 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
 /// Serves `app` on its socket until SIGTERM/SIGINT, then drains.
 pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
-    // Each connection is a descriptor: lift the soft limit (often 1024) to the
-    // hard one so `limits.max_connections` is reachable.
+    // Each connection holds descriptors: lift the soft limit (often 1024) to
+    // the hard one so `limits.max_connections` is reachable.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if n < app.cfg.limits.max_connections as u64 + 64 => tracing::warn!(
+        // Two per connection: the socket and the caller's pidfd.
+        Ok(n) if n < 2 * app.cfg.limits.max_connections as u64 + 64 => tracing::warn!(
             nofile = n,
             max_connections = app.cfg.limits.max_connections,
-            "the open-file limit is below limits.max_connections; raise LimitNOFILE"
+            "the open-file limit is below 2 × limits.max_connections (a socket and a pidfd each); raise LimitNOFILE"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
@@ -282,13 +283,28 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
 /// The process at the other end of a connection: the kernel's view recorded
 /// at accept (PID-reuse guard), and its container once located.
 pub struct Peer {
-    pub process: Result<PeerProcess, Denial>,
+    pub process: Result<PeerProcess, Refused>,
     pub location: OnceLock<Location>,
 }
 
+/// A caller refused at accept, with what the kernel said of it for the audit log.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub denial: Denial,
+    pub pid: i32,
+    pub uid: u32,
+}
+
 /// The kernel's view of the caller, taken at accept (PID-reuse guard).
-fn peer_of(app: &App, stream: &UnixStream) -> Result<PeerProcess, Denial> {
-    PeerProcess::of_socket(&app.cfg.proc_root, stream).map_err(|e| Denial::from(&e))
+fn peer_of(app: &App, stream: &UnixStream) -> Result<PeerProcess, Refused> {
+    PeerProcess::of_socket(&app.cfg.proc_root, stream).map_err(|e| {
+        let cred = stream.peer_cred().ok();
+        Refused {
+            denial: Denial::from(&e),
+            pid: cred.and_then(|c| c.pid()).unwrap_or(0),
+            uid: cred.map_or(0, |c| c.uid()),
+        }
+    })
 }
 
 impl From<&AttestError> for Denial {
