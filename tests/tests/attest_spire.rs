@@ -128,10 +128,10 @@ fn selectors(w: &Workload) -> BTreeSet<String> {
         format!("k8s:container-name:{}", w.container_name),
         format!("k8s:container-image:{}", w.image),
     ]);
-    for (k, v) in &w.labels {
+    for (k, v) in w.labels.iter() {
         s.insert(format!("k8s:pod-label:{k}:{v}"));
     }
-    for o in &w.owner_references {
+    for o in w.owner_references.iter() {
         s.insert(format!("k8s:pod-owner:{}:{}", o.kind, o.name));
         s.insert(format!("k8s:pod-owner-uid:{}:{}", o.kind, o.uid));
     }

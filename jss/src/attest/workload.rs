@@ -1,6 +1,7 @@
 //! The attested caller, as claims are built from it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -31,8 +32,8 @@ pub struct Workload {
     pub image_digest: Option<String>,
     /// Containers, then init containers, then ephemeral ones, in spec order.
     pub images: Vec<ContainerImage>,
-    pub labels: BTreeMap<String, String>,
-    pub owner_references: Vec<OwnerReference>,
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub owner_references: Arc<[OwnerReference]>,
 }
 
 impl Workload {
@@ -75,8 +76,8 @@ impl Workload {
             image,
             image_digest,
             images,
-            labels: pod.labels.clone(),
-            owner_references: pod.owner_references.clone(),
+            labels: Arc::clone(&pod.labels),
+            owner_references: Arc::clone(&pod.owner_references),
         }
     }
 }

@@ -33,7 +33,7 @@ fn workload() -> Workload {
             },
         ],
         labels: Default::default(),
-        owner_references: Vec::new(),
+        owner_references: Default::default(),
     }
 }
 

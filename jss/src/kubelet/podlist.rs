@@ -61,8 +61,9 @@ pub struct Pod {
     pub uid: String,
     pub name: String,
     pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-    pub owner_references: Vec<OwnerReference>,
+    /// Shared with the workloads attested from this pod (no copy per token).
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub owner_references: Arc<[OwnerReference]>,
     pub node_name: String,
     pub service_account: String,
     pub containers: Vec<SpecContainer>,
@@ -129,8 +130,8 @@ impl PodList {
                 uid,
                 name: p.metadata.name,
                 namespace: p.metadata.namespace,
-                labels: p.metadata.labels,
-                owner_references: p.metadata.owner_references,
+                labels: Arc::new(p.metadata.labels),
+                owner_references: p.metadata.owner_references.into(),
                 node_name: p.spec.node_name,
                 service_account: p
                     .spec
