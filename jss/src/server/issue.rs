@@ -97,7 +97,6 @@ impl App {
         let deny = |d: Denial| self.refuse(peer.pid, peer.uid, audience, d);
         let record = |outcome: &'static str, t: &CachedToken| {
             self.audit.record(AuditRecord {
-                time: 0.0,
                 pid: peer.pid,
                 uid: peer.uid,
                 namespace: Some(&workload.namespace),
@@ -107,8 +106,7 @@ impl App {
                 jti: Some(&t.jti),
                 exp: Some(t.exp),
                 outcome,
-                code: None,
-                reason: None,
+                ..Default::default()
             });
             self.metrics.tokens_issued.inc();
         };
