@@ -75,18 +75,22 @@ impl Bao {
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-            let s = Self {
+            let mut s = Self {
                 child: Some(child),
                 port,
                 dir,
                 bin: bin.clone(),
             };
-            if net::wait_for_port(port, Duration::from_secs(15)) && s.wait_ready() {
+            // Ready, and it is ours answering: a server that lost the port
+            // to another exits, while the other one answers.
+            if net::wait_for_port(port, Duration::from_secs(15))
+                && s.wait_ready()
+                && s.still_running()
+            {
                 return s;
             }
             last = std::fs::read_to_string(s.dir.path().join("bao.log")).unwrap_or_default();
             // Dropping `s` kills the server; keep its directory for the next try.
-            let mut s = s;
             s.stop();
             dir = std::mem::replace(
                 &mut s.dir,
@@ -94,6 +98,12 @@ impl Bao {
             );
         }
         panic!("OpenBao dev server did not start: {last}");
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn wait_ready(&self) -> bool {

@@ -4,17 +4,23 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-/// Next candidate for [`free_port_pair`]: tests of one binary run in
-/// parallel threads, and two of them probing the same free port would both
-/// get it. Each call takes its own pair from a per-process sequence.
+/// Next candidate port: tests of one binary run in parallel threads, and
+/// two of them asking the kernel for "a free port" (bind to 0) can be handed
+/// the same one before either server has bound it; ports from the ephemeral
+/// range also collide with outgoing connections. So each call takes its own
+/// port(s) from a per-process sequence below the ephemeral range.
 static NEXT_PAIR: AtomicU16 = AtomicU16::new(0);
+
+fn candidate() -> u16 {
+    // Start somewhere different in each process.
+    let base = 20_000 + (std::process::id() % 500) as u16 * 24;
+    base + NEXT_PAIR.fetch_add(2, Ordering::Relaxed) % 12_000
+}
 
 /// A free loopback port `p` such that `p + 1` is free too (swtpm uses both).
 pub fn free_port_pair() -> u16 {
-    // Start somewhere different in each process, below the ephemeral range.
-    let base = 20_000 + (std::process::id() % 500) as u16 * 24;
     for _ in 0..2000 {
-        let p = base + NEXT_PAIR.fetch_add(2, Ordering::Relaxed) % 12_000;
+        let p = candidate();
         let a = TcpListener::bind(("127.0.0.1", p));
         let b = TcpListener::bind(("127.0.0.1", p + 1));
         if a.is_ok() && b.is_ok() {
@@ -24,12 +30,15 @@ pub fn free_port_pair() -> u16 {
     panic!("no free pair of loopback ports");
 }
 
-/// A free loopback port.
+/// A free loopback port, for a server that binds it itself.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    for _ in 0..2000 {
+        let p = candidate();
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free loopback port");
 }
 
 /// Waits until something accepts TCP connections on `port`.
