@@ -13,6 +13,10 @@
 //! * SPIRE does not search `ephemeralContainerStatuses`; we do, so a debug
 //!   container gets its own identity (covered by attest_kubelet.rs).
 //! * CRI-O's `crio-conmon-<id>.scope` is not a container for us.
+//! * `/proc/<pid>/mountinfo` never names a workload: any user can make a
+//!   mount namespace and bind-mount a pod's cgroup directory. SPIRE's
+//!   mountinfo-only cases are refused (`not_in_pod`); SPIRE has since
+//!   removed that fallback too (see `containerinfo_trees`).
 //! * The container must be running: SPIRE attests a terminated init
 //!   container from a stale list; we refuse it (container_not_running).
 
@@ -20,7 +24,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use jss::attest::cgroup::{self, PodRef};
-use jss::attest::{Workload, mountinfo, proc_stat};
+use jss::attest::{Workload, proc_stat};
 use jss::kubelet::{PodList, PodQuery, PodSource, StaticPods};
 use serde_json::Value;
 
@@ -235,10 +239,32 @@ async fn a_container_still_starting_is_not_found() {
     assert_eq!(pods.find(&q).await.unwrap_err().code(), "pod_not_found");
 }
 
+/// SPIRE's `/proc/123` trees. JSS reads only the cgroup file, so where
+/// SPIRE took the pod from the mount table (its old fallback, since removed
+/// upstream as forgeable) JSS refuses the caller as not in a pod.
+/// SPIRE's cases decided by the mount table alone (a pod or container named,
+/// or a conflict found, in mountinfo): JSS refuses each as `not_in_pod`.
+const SUPERSEDED_MOUNTINFO_CASES: &[&str] = &[
+    "containerinfo/container_only/docker/cgroup-mount-at-slash/v1",
+    "containerinfo/container_only/docker/cgroup-mount-at-slash/v2",
+    "containerinfo/container_only/docker/container-id-conflict",
+    "containerinfo/container_only/docker/tmpfs-empty-source",
+    "containerinfo/container_only/docker/v1",
+    "containerinfo/container_only/docker/v2",
+    "containerinfo/container_only/other/mountinfo-fallback",
+    "containerinfo/pod+container/k8s/container-id-conflict",
+    "containerinfo/pod+container/k8s/pod-uid-conflict",
+    "containerinfo/pod+container/k8s/pod-uid-override",
+    "containerinfo/pod+container/k8s/v1",
+    "containerinfo/pod+container/k8s/v2",
+    "containerinfo/pod+container/other/mountinfo-fallback",
+];
+
 #[test]
 fn containerinfo_trees() {
-    let mut n = 0;
-    for c in cases()
+    let (mut n, mut superseded) = (0, Vec::new());
+    let cases = cases();
+    for c in cases
         .iter()
         .filter(|c| c["kind"] == "root_dir_with_proc_123")
     {
@@ -247,50 +273,66 @@ fn containerinfo_trees() {
         let dir = corpus()
             .join(c["input_dir"].as_str().unwrap())
             .join("proc/123");
-        if !dir.exists() {
+        // Many trees hold only a mount table. A live process always has a
+        // cgroup file: stage the one a host process has (`0::/`, no pod)
+        // next to the tree's mountinfo, so the mount table is put to the test.
+        let staged = tempfile::tempdir().unwrap();
+        let dir = if dir.join("cgroup").exists() {
+            dir
+        } else if dir.exists() {
+            let d = staged.path().join("123");
+            std::fs::create_dir(&d).unwrap();
+            std::fs::copy(dir.join("mountinfo"), d.join("mountinfo")).unwrap();
+            std::fs::write(d.join("cgroup"), "0::/\n").unwrap();
+            d
+        } else {
             // Differs on purpose: our peer's /proc entry vanished → process gone.
-            let e = jss::attest::locate(&corpus().join("no-such-dir"), 123).unwrap_err();
+            let e = jss::attest::locate(&dir, 123).unwrap_err();
             assert_eq!(e.code(), "process_gone", "{id}");
             n += 1;
             continue;
-        }
-        // Same order as locate(): the cgroup file, then (only if it names no
-        // container) the mount table. Some trees have no cgroup file.
-        let cg = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-        let got = match cgroup::parse_file(&cg) {
-            Ok(Some(m)) => Ok(Some(m)),
-            Ok(None) => {
-                mountinfo::parse_file(&std::fs::read_to_string(dir.join("mountinfo")).unwrap())
-            }
-            Err(e) => Err(e),
         };
-        if dir.join("cgroup").exists() {
-            // The product path agrees.
-            let loc = jss::attest::locate(dir.parent().unwrap(), 123);
-            assert_eq!(
-                loc.as_ref().ok().map(|l| l.container_id.clone()),
-                got.as_ref()
-                    .ok()
-                    .and_then(|m| m.as_ref().map(|m| m.container_id.clone())),
-                "{id}"
-            );
-        }
-        match want.get("error_contains") {
-            Some(msg) => {
-                let e = got.unwrap_err().to_string();
-                assert!(e.contains(msg.as_str().unwrap()), "{id}: {e}");
+        let cg = std::fs::read_to_string(dir.join("cgroup")).unwrap();
+        let from_cgroup = cgroup::parse_file(&cg);
+        let got = jss::attest::locate(dir.parent().unwrap(), 123);
+        match (want.get("error_contains"), from_cgroup) {
+            (Some(msg), Err(e)) => {
+                assert!(e.to_string().contains(msg.as_str().unwrap()), "{id}: {e}");
+                assert_eq!(got.unwrap_err().code(), "cgroup_conflict", "{id}");
             }
-            None => {
-                let (pod, cid) = as_spire(got.unwrap());
+            (Some(_), Ok(m)) => {
+                // SPIRE's conflict was between mount roots: never read here.
+                superseded.push(id.as_str().unwrap());
+                match m {
+                    Some(m) => assert_eq!(got.unwrap().container_id, m.container_id, "{id}"),
+                    None => assert_eq!(got.unwrap_err().code(), "not_in_pod", "{id}"),
+                }
+            }
+            (None, Ok(Some(m))) => {
+                let (pod, cid) = as_spire(Some(m));
                 assert_eq!(cid, str_or_empty(&want["container_id"]), "{id}");
                 if c["mode"] == "pod+container" {
                     assert_eq!(pod, str_or_empty(&want["pod_uid"]), "{id}");
                 }
+                assert_eq!(got.unwrap().container_id, cid, "{id}");
             }
+            (None, Ok(None)) => {
+                if !str_or_empty(&want["container_id"]).is_empty() {
+                    // SPIRE named a container from mountinfo alone: refused.
+                    superseded.push(id.as_str().unwrap());
+                }
+                assert_eq!(got.unwrap_err().code(), "not_in_pod", "{id}");
+            }
+            (None, Err(e)) => panic!("{id}: SPIRE expects a match, the cgroup file conflicts: {e}"),
         }
         n += 1;
     }
     assert_eq!(n, 23);
+    superseded.sort_unstable();
+    assert_eq!(
+        superseded, SUPERSEDED_MOUNTINFO_CASES,
+        "mountinfo-only cases"
+    );
 }
 
 #[test]
