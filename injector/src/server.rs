@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -62,23 +62,53 @@ fn bad_request(app: &App, message: String) -> Response<Body> {
     )
 }
 
+/// How much of an oversize body is read and dropped before the 400, so the
+/// client, still sending, sees the answer rather than a reset connection.
+const DRAIN_CAP: u64 = 16 * 1024 * 1024;
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// The body, up to [`MAX_BODY_BYTES`]; past it, the rest (up to
+/// [`DRAIN_CAP`]) is read and dropped.
+async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
+    let mut buf = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > DRAIN_CAP {
+                break;
+            }
+            if seen <= MAX_BODY_BYTES as u64 {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > MAX_BODY_BYTES as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
+}
+
 async fn mutate(app: &App, req: Request<Incoming>) -> Response<Body> {
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return bad_request(app, format!("body over {MAX_BODY_BYTES} bytes"));
+    let too_large = || format!("body over {MAX_BODY_BYTES} bytes");
+    if declared.is_some_and(|n| n > DRAIN_CAP) {
+        return bad_request(app, too_large());
     }
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await {
         Err(_) => return bad_request(app, "the body did not arrive in time".into()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return bad_request(app, format!("body over {MAX_BODY_BYTES} bytes"));
-        }
-        Ok(Err(e)) => return bad_request(app, format!("reading the body: {e}")),
-        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(BodyError::TooLarge)) => return bad_request(app, too_large()),
+        Ok(Err(BodyError::Read(e))) => return bad_request(app, format!("reading the body: {e}")),
+        Ok(Ok(b)) => b,
     };
     let start = Instant::now();
     let review = match review::decode(&body) {

@@ -7,6 +7,8 @@
 pub mod bao;
 pub mod ca;
 pub mod daemon;
+pub mod injector;
+pub mod kube;
 pub mod kubelet;
 pub mod net;
 pub mod node;
