@@ -65,6 +65,30 @@ pub fn yaml_to_json(yaml: &[u8]) -> Value {
     )
 }
 
+/// Every non-empty YAML document of `yaml`, as JSON (PyYAML).
+pub fn yaml_docs(yaml: &[u8]) -> Vec<Value> {
+    let v = python_json(
+        "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
+        &[],
+        yaml,
+    );
+    match v {
+        Value::Array(a) => a,
+        other => panic!("PyYAML gave {other}"),
+    }
+}
+
+/// `kubectl kustomize DIR`, which must succeed.
+pub fn kustomize(dir: &Path) -> Vec<u8> {
+    let out = run(Command::new("kubectl").arg("kustomize").arg(dir), b"");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir:?}: {}",
+        text(&out)
+    );
+    out.stdout
+}
+
 /// `patch` (RFC 6902) applied to `doc` by python's `jsonpatch`, an
 /// implementation independent of the one that wrote the patch.
 pub fn json_patch(doc: &Value, patch: &Value) -> Value {
