@@ -190,6 +190,11 @@ fn replay_csr() {
     assert!(replay("csr") > 0);
 }
 
+#[test]
+fn replay_admission() {
+    assert!(replay("admission") > 0);
+}
+
 /// The harness itself: a request that never ends must be cut off by the
 /// header timeout, and `run` refuses an unknown target instead of skipping.
 #[test]

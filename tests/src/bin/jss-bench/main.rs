@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|injector] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -13,12 +13,14 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
 
 mod attest;
 mod e2e;
 mod http;
+mod injector;
 mod openbao;
 mod sign;
 
@@ -139,6 +141,28 @@ fn print_ratios(f: &mut Figures) {
     }
 }
 
+/// The injector's targets (README.md, "The injector").
+fn print_injector_targets(f: &Figures) {
+    let best = [1, 4, 16]
+        .iter()
+        .filter_map(|c| f.get(&format!("injector.c{c}.reviews_per_s")))
+        .fold(f64::NAN, |m, v| m.max(*v));
+    if best.is_finite() {
+        println!("{:<52}: {best:>8.0}  >= 2000", "injector, best reviews/s");
+    }
+    for c in [1, 4] {
+        if let Some(p99) = f.get(&format!("injector.c{c}.p99_ms")) {
+            println!(
+                "{:<52}: {p99:>8.2}  <= 2 ms",
+                format!("injector p99 ms, {c} clients")
+            );
+        }
+    }
+    if let Some(rss) = f.get("injector.peak_rss_mib") {
+        println!("{:<52}: {rss:>8.1}  <= 20 MiB", "injector peak RSS (MiB)");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("client") {
@@ -179,6 +203,9 @@ fn main() {
         if matches!(what, "e2e" | "all") {
             figures.extend(e2e::run(seconds));
         }
+        if matches!(what, "injector" | "all") {
+            figures.extend(injector::run(seconds));
+        }
         passes.push(figures);
     }
     let mut figures = medians(&passes);
@@ -189,6 +216,7 @@ fn main() {
         }
     }
     print_ratios(&mut figures);
+    print_injector_targets(&figures);
     if let Some(i) = args.iter().position(|a| a == "--out") {
         let path = args.get(i + 1).expect("--out FILE");
         let body: String = figures
