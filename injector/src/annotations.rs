@@ -3,8 +3,9 @@
 //! `jss.trusted.identity/` (README.md, "The injector").
 //!
 //! The `tsi.secrets` items are checked with the rules `jss secrets --spec`
-//! applies to the same text, so a mistake shows in `kubectl apply` rather
-//! than in a crash-looping init container. Keep the two in step.
+//! applies to the same text (README.md, "The injector"), so a mistake shows
+//! in `kubectl apply` rather than in a crash-looping init container. Keep
+//! the two in step.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,7 +38,16 @@ const ITEM_KEYS: &[&str] = &[
 ];
 
 /// TSI's mount point, stripped from local paths.
-const TSI_MOUNT_PREFIXES: &[&str] = &["/tsi-secrets/", "tsi-secrets/"];
+const TSI_MOUNT: &str = "tsi-secrets";
+/// TSI's constraint sets (`tsi.secret/constraints`).
+const CONSTRAINTS: &[&str] = &[
+    "region",
+    "region,images",
+    "region,cluster-name,namespace",
+    "region,cluster-name,namespace,images",
+];
+/// Last segments of the vault paths of TSI's policy types.
+const POLICY_TYPES: &[&str] = &["ti-demo-all", "ti-demo-ri"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnnotationError {
@@ -72,7 +82,8 @@ pub enum AnnotationError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretItem {
     pub name: String,
-    /// The file below `/tsi-secrets`, relative, without `..`.
+    /// The file below `/tsi-secrets`: `<local-path or local-name>/<name>`,
+    /// relative, without `..`.
     pub file: String,
 }
 
@@ -209,10 +220,17 @@ fn check_item(raw: &BTreeMap<String, serde_norway::Value>) -> Result<SecretItem,
             "{ITEM_NAME} {name:?} must be a single path segment (the secret's name in Vault)"
         ));
     }
-    if fields.contains_key(ITEM_CONSTRAINTS) {
+    if let Some(c) = fields.get(ITEM_CONSTRAINTS) {
         if fields.contains_key(ITEM_ROLE) || fields.contains_key(ITEM_VAULT_PATH) {
             return Err(format!(
                 "{ITEM_CONSTRAINTS} replaces {ITEM_ROLE} and {ITEM_VAULT_PATH}; give either constraints or both of them"
+            ));
+        }
+        let parts: Vec<&str> = c.split(',').map(str::trim).collect();
+        if !CONSTRAINTS.contains(&parts.join(",").as_str()) {
+            return Err(format!(
+                "{ITEM_CONSTRAINTS} {c:?} is not one of TSI's: {}",
+                CONSTRAINTS.join(" | ")
             ));
         }
     } else {
@@ -221,8 +239,10 @@ fn check_item(raw: &BTreeMap<String, serde_norway::Value>) -> Result<SecretItem,
                 return Err(format!("{key} is missing (or give {ITEM_CONSTRAINTS})"));
             }
         }
+        vault_path(fields[ITEM_VAULT_PATH])?;
     }
-    let file = match (fields.get(ITEM_LOCAL_PATH), fields.get(ITEM_LOCAL_NAME)) {
+    // Both spellings name the directory; the file is `<directory>/<name>`.
+    let dir = match (fields.get(ITEM_LOCAL_PATH), fields.get(ITEM_LOCAL_NAME)) {
         (Some(_), Some(_)) => {
             return Err(format!(
                 "{ITEM_LOCAL_PATH} and {ITEM_LOCAL_NAME} are both set: give one"
@@ -231,15 +251,13 @@ fn check_item(raw: &BTreeMap<String, serde_norway::Value>) -> Result<SecretItem,
         (None, None) => {
             return Err(format!("{ITEM_LOCAL_PATH} or {ITEM_LOCAL_NAME} is missing"));
         }
-        (Some(dir), None) => {
-            let dir = local(ITEM_LOCAL_PATH, dir, true)?;
-            if dir.is_empty() {
-                name.to_string()
-            } else {
-                format!("{dir}/{name}")
-            }
-        }
-        (None, Some(file)) => local(ITEM_LOCAL_NAME, file, false)?,
+        (Some(d), None) => local(ITEM_LOCAL_PATH, d)?,
+        (None, Some(d)) => local(ITEM_LOCAL_NAME, d)?,
+    };
+    let file = if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
     };
     Ok(SecretItem {
         name: name.into(),
@@ -247,24 +265,49 @@ fn check_item(raw: &BTreeMap<String, serde_norway::Value>) -> Result<SecretItem,
     })
 }
 
-/// A local path relative to `/tsi-secrets` (TSI's prefix stripped), with no
-/// `..`, no other absolute path; `dir`: may be empty (the mount's top).
-fn local(key: &str, raw: &str, dir: bool) -> Result<String, String> {
-    let mut rest = raw;
-    if rest == "/tsi-secrets" || rest == "tsi-secrets" {
-        rest = "";
+/// A vault path as the KV CLI takes it, of a TSI policy type or with
+/// `{claim}` placeholders.
+fn vault_path(p: &str) -> Result<(), String> {
+    let bad = |problem: &str| Err(format!("{ITEM_VAULT_PATH} {p:?} {problem}"));
+    if p.starts_with('/') {
+        return bad(
+            "must not start with / (write it as the KV CLI takes it, e.g. secret/ti-demo-all)",
+        );
     }
-    for p in TSI_MOUNT_PREFIXES {
-        if let Some(r) = rest.strip_prefix(p) {
-            rest = r;
-            break;
-        }
+    let trimmed = p.trim_end_matches('/');
+    if trimmed
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return bad("has an empty, . or .. segment");
     }
-    if rest.starts_with('/') {
+    if p.matches('{').count() != p.matches('}').count() {
+        return bad("has an unclosed {placeholder}");
+    }
+    let last = trimmed.rsplit('/').next().unwrap_or("");
+    if !POLICY_TYPES.contains(&last) && !p.contains('{') {
+        return bad(
+            "is neither a TSI policy type (…/ti-demo-all, …/ti-demo-ri) nor has {claim} placeholders such as {namespace}",
+        );
+    }
+    Ok(())
+}
+
+/// A local directory relative to `/tsi-secrets` (TSI's prefix stripped),
+/// with no `..` and no other absolute path; empty: the mount's top.
+fn local(key: &str, raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim_start_matches('/');
+    let rest = if trimmed == TSI_MOUNT {
+        ""
+    } else if let Some(r) = trimmed.strip_prefix("tsi-secrets/") {
+        r
+    } else if raw.starts_with('/') {
         return Err(format!(
             "{key} {raw:?} is an absolute path outside /tsi-secrets; write it relative to /tsi-secrets"
         ));
-    }
+    } else {
+        raw
+    };
     let parts: Vec<&str> = rest
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")
@@ -273,9 +316,6 @@ fn local(key: &str, raw: &str, dir: bool) -> Result<String, String> {
         return Err(format!(
             "{key} {raw:?} leaves /tsi-secrets with \"..\"; write a path below it"
         ));
-    }
-    if parts.is_empty() && !dir {
-        return Err(format!("{key} {raw:?} names no file below /tsi-secrets"));
     }
     Ok(parts.join("/"))
 }
@@ -302,7 +342,7 @@ mod tests {
             r.items,
             vec![SecretItem {
                 name: "mysecret1".into(),
-                file: "mysecrets/myubuntu-mysecret1".into()
+                file: "mysecrets/myubuntu-mysecret1/mysecret1".into()
             }]
         );
     }
@@ -322,7 +362,7 @@ mod tests {
             parse_items(
                 TSI_SECRETS,
                 &format!(
-                    "- {{tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-path: {lp:?}}}"
+                    "- {{tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-path: {lp:?}}}"
                 ),
             )
         };
@@ -330,6 +370,7 @@ mod tests {
         assert_eq!(item("tsi-secrets/a/b/").unwrap()[0].file, "a/b/s");
         assert_eq!(item("tsi-secrets").unwrap()[0].file, "s");
         assert_eq!(item("./a").unwrap()[0].file, "a/s");
+        assert_eq!(item("//tsi-secrets/").unwrap()[0].file, "s");
         for bad in ["/etc", "a/../../x", "..", "/tsi-secrets/../x"] {
             let e = item(bad).unwrap_err().to_string();
             assert!(e.contains("item 1 (\"s\")"), "{bad}: {e}");
@@ -343,11 +384,11 @@ mod tests {
             ("a: b", "not a YAML list"),
             ("[]", "empty"),
             (
-                "- {tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: f}",
+                "- {tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}",
                 "item 1: tsi.secret/name is missing",
             ),
             (
-                "- {tsi.secret/name: s, tsi.secret/vault-path: p, tsi.secret/local-name: f}",
+                "- {tsi.secret/name: s, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}",
                 "tsi.secret/role is missing",
             ),
             (
@@ -355,24 +396,40 @@ mod tests {
                 "tsi.secret/vault-path is missing",
             ),
             (
-                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: p}",
+                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all}",
                 "local-name is missing",
             ),
             (
-                "- {tsi.secret/name: s, tsi.secret/constraints: c, tsi.secret/role: r, tsi.secret/local-name: f}",
+                "- {tsi.secret/name: s, tsi.secret/constraints: region, tsi.secret/role: r, tsi.secret/local-name: f}",
                 "replaces",
             ),
             (
-                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: f, tsi.secret/vault_path: q}",
+                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f, tsi.secret/vault_path: q}",
                 "unknown key",
             ),
             (
-                "- {tsi.secret/name: [s], tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: f}",
+                "- {tsi.secret/name: [s], tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}",
                 "must be a string",
             ),
             (
-                "- {tsi.secret/name: a, tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: f}\n- {tsi.secret/name: b, tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: /tsi-secrets/f}",
-                "item 2 (\"b\"): writes /tsi-secrets/f",
+                "- {tsi.secret/name: a, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}\n- {tsi.secret/name: a, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-ri, tsi.secret/local-path: /tsi-secrets/f}",
+                "item 2 (\"a\"): writes /tsi-secrets/f/a",
+            ),
+            (
+                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/other, tsi.secret/local-name: f}",
+                "neither a TSI policy type",
+            ),
+            (
+                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: /secret/ti-demo-all, tsi.secret/local-name: f}",
+                "must not start with /",
+            ),
+            (
+                "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: \"secret/{namespace\", tsi.secret/local-name: f}",
+                "unclosed",
+            ),
+            (
+                "- {tsi.secret/name: s, tsi.secret/constraints: \"images,region\", tsi.secret/local-name: f}",
+                "not one of TSI's",
             ),
         ];
         for (list, want) in cases {
@@ -382,13 +439,13 @@ mod tests {
             assert!(e.starts_with("annotation tsi.secrets"), "{list}: {e}");
             assert!(e.contains(want), "{list}: {e}");
         }
-        let ok = "- {tsi.secret/name: s, tsi.secret/constraints: c, tsi.secret/local-name: f}";
+        let ok = "- {tsi.secret/name: s, tsi.secret/constraints: region, tsi.secret/local-name: f}";
         assert!(parse_items(TSI_SECRETS, ok).is_ok());
     }
 
     #[test]
     fn jss_annotations() {
-        let list = "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: f}";
+        let list = "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}";
         let r = parse(&ann(json!({
             JSS_INJECT: "true", JSS_SECRETS: list, JSS_INIT_ONLY: "true",
             JSS_NATIVE_SIDECAR: "false", JSS_REFRESH: "60", JSS_FORMAT: "raw"

@@ -142,7 +142,7 @@ mod tests {
         json!({
             "metadata": {"generateName": "app-", "annotations": {
                 "admission.trusted.identity/inject": "true",
-                "tsi.secrets": "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: p, tsi.secret/local-name: f}",
+                "tsi.secrets": "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}",
             }},
             "spec": {
                 "initContainers": [{"name": "migrate", "image": "m"}],

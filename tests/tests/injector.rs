@@ -416,12 +416,12 @@ fn malformed_annotations_are_refused_with_their_reason_and_the_server_keeps_serv
             "annotation tsi.secrets: not a YAML list of maps",
         ),
         (
-            "- tsi.secret/role: demo\n  tsi.secret/vault-path: p\n  tsi.secret/local-name: f"
+            "- tsi.secret/role: demo\n  tsi.secret/vault-path: secret/ti-demo-all\n  tsi.secret/local-name: f"
                 .into(),
             "annotation tsi.secrets, item 1: tsi.secret/name is missing",
         ),
         (
-            "- tsi.secret/name: s1\n  tsi.secret/vault-path: p\n  tsi.secret/local-name: f".into(),
+            "- tsi.secret/name: s1\n  tsi.secret/vault-path: secret/ti-demo-all\n  tsi.secret/local-name: f".into(),
             "item 1 (\"s1\"): tsi.secret/role is missing",
         ),
         (
@@ -443,10 +443,18 @@ fn malformed_annotations_are_refused_with_their_reason_and_the_server_keeps_serv
         (
             format!(
                 "{}\n{}",
-                item("  tsi.secret/local-name: a/f"),
-                item("  tsi.secret/local-name: /tsi-secrets/a/f").replacen("s1", "s2", 1)
+                item("  tsi.secret/local-name: a"),
+                item("  tsi.secret/local-path: /tsi-secrets/a").replacen("ti-demo-all", "ti-demo-ri", 1)
             ),
-            "item 2 (\"s2\"): writes /tsi-secrets/a/f like an item before it",
+            "item 2 (\"s1\"): writes /tsi-secrets/a/s1 like an item before it",
+        ),
+        (
+            item("  tsi.secret/local-name: a").replacen("secret/ti-demo-all", "/secret/x", 1),
+            "item 1 (\"s1\"): tsi.secret/vault-path \"/secret/x\" must not start with /",
+        ),
+        (
+            "- tsi.secret/name: s1\n  tsi.secret/constraints: images\n  tsi.secret/local-name: a".into(),
+            "item 1 (\"s1\"): tsi.secret/constraints \"images\" is not one of TSI's",
         ),
     ];
     for (list, want) in &cases {
