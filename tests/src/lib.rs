@@ -6,6 +6,7 @@
 
 pub mod bao;
 pub mod ca;
+pub mod cluster;
 pub mod daemon;
 pub mod kubelet;
 pub mod net;

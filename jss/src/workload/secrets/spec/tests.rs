@@ -1,16 +1,7 @@
 use super::*;
 
-/// The annotation from the TSI article.
-const ARTICLE: &str = r#"
-- tsi.secret/name: "mysecret1"
-  tsi.secret/role: "demo"
-  tsi.secret/vault-path: "secret/ti-demo-all"
-  tsi.secret/local-name: "mysecrets/myubuntu-mysecret1"
-- tsi.secret/name: "mysecret2"
-  tsi.secret/role: "demo"
-  tsi.secret/vault-path: "secret/ti-demo-ri"
-  tsi.secret/local-name: "mysecrets/myubuntu-mysecret2"
-"#;
+/// The annotation from the TSI article (shared with the integration tests and the demo).
+const ARTICLE: &str = include_str!("../../../../../tests/fixtures/tsi-article.secrets.yaml");
 
 #[test]
 fn the_articles_annotation_parses() {
