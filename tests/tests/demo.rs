@@ -3,8 +3,10 @@
 //! policies, `jss serve` behind a kubelet stand-in, and pods that are real
 //! processes in kubepods cgroups. Also what must be refused: expired,
 //! tampered, foreign-key and deregistered-node tokens; and the x5c chain
-//! checked with OpenSSL's path validator. Finally `swtpm-ci/demo` itself,
-//! run to completion and interrupted, must leave nothing behind.
+//! checked with OpenSSL's path validator. Finally `swtpm-ci/demo` itself
+//! (its demo pod gets its secrets with `jss secrets --once`, and an OpenBao
+//! Agent renders one from a `jss token --out --refresh` file), run to
+//! completion and interrupted, must leave nothing behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -671,7 +673,10 @@ fn demo_script_passes_and_cleans_up() {
         "[pod] refused secret/ti-demo-ri/",
         "✔ refused by JSS itself: not in a pod",
         "✔ x5c[0] (the node CA, key in the TPM) chains to pki/ root",
-        "✔ 3 decisions, 3 lines",
+        "[pod] wrote secrets/mysecrets/myubuntu-mysecret1/mysecret1",
+        "✔ 4 decisions, 4 lines",
+        "✔ OpenBao Agent rendered mysecret1 = all-",
+        "✔ jss token --refresh stopped by SIGTERM, exit 0",
         "\"alg\": \"ES256\"",
         "namespace        trusted-identity",
     ] {
@@ -679,7 +684,9 @@ fn demo_script_passes_and_cleans_up() {
     }
     assert!(!out.contains('✘'), "{out}");
     let s = started(&out);
-    assert!(s.pids.len() >= 6 && s.cgroups.len() == 2, "{s:?}\n{out}");
+    // The demo pod's container cgroup is named twice: its secrets, then
+    // the token file for the agent.
+    assert!(s.pids.len() >= 8 && s.cgroups.len() == 3, "{s:?}\n{out}");
     assert_clean(&s, &out);
 }
 
