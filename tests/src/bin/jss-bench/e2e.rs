@@ -56,7 +56,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 /// CPU time (user + system) the process has used, in microseconds.
-fn cpu_us(pid: u32) -> f64 {
+pub fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = after.split(' ').collect();
