@@ -564,3 +564,58 @@ fn exec_puts_secrets_in_the_environment_or_does_not_run() {
         assert!(!out.contains("s3cret-db"), "a value printed: {out}");
     }
 }
+
+#[test]
+fn constraints_items_use_tsi_compat_roles_and_paths() {
+    let demo = demo_pod();
+    let c = Cluster::start(&["--tsi-compat"], "", &[&demo]);
+    let imgs = demo.images();
+    put(&c.bao, &format!("secret/tsi-r/{REGION}/r1"), &["v=r"]);
+    put(
+        &c.bao,
+        &format!("secret/tsi-rcni/{REGION}/{CLUSTER}/{DEMO_NS}/{imgs}/rcni1"),
+        &["v=rcni"],
+    );
+    let spec = c.path().join("tsi.secrets");
+    std::fs::write(
+        &spec,
+        r#"- tsi.secret/name: "r1"
+  tsi.secret/constraints: "region"
+  tsi.secret/local-path: "/tsi-secrets/c"
+- tsi.secret/name: "rcni1"
+  tsi.secret/constraints: "region,cluster-name,namespace,images"
+  tsi.secret/local-path: "tsi-secrets/c"
+"#,
+    )
+    .unwrap();
+    let out = c.mkdir("out");
+    let pod = c.pod(&demo);
+    let o = c
+        .spawn_jss(
+            &pod,
+            &[
+                "secrets",
+                "--once",
+                "--format",
+                "raw",
+                "--spec",
+                spec.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .wait_with_output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&out.join("c/r1")).unwrap(), "r");
+    assert_eq!(read(&out.join("c/rcni1")).unwrap(), "rcni");
+    // The roles carry only their own policy: tsi-role-r cannot read rcni paths.
+    let role: serde_json::Value = serde_json::from_str(&c.bao.ok(&[
+        "read",
+        "-format=json",
+        &format!("auth/{MOUNT}/role/tsi-role-r"),
+    ]))
+    .unwrap();
+    assert_eq!(role["data"]["token_policies"], serde_json::json!(["tsi-r"]));
+}
