@@ -23,10 +23,11 @@ use jss::signer::{self, KeyPolicy, SignerConfig, SignerKind};
 use jss::token::TokenEncoder;
 use jss_tests::bao::Bao;
 use jss_tests::ca::TestCa;
+use jss_tests::cluster::{bootstrap, layout};
 use jss_tests::daemon::{Daemon, bin};
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
 use jss_tests::node::run_in;
-use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
+use jss_tests::pods::{PodProcess, random_container_id, random_pod_uid};
 use jss_tests::swtpm::Swtpm;
 use serde_json::{Value, json};
 
@@ -47,43 +48,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The cgroup layout of this host: v2 (`unified` on hybrid hosts) if there is
-/// one, else v1. A host with neither fails in `PodProcess::spawn`.
-fn layout() -> Layout {
-    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
-        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-    {
-        Layout::V2Systemd(Qos::BestEffort)
-    } else {
-        Layout::V1Cgroupfs(Qos::BestEffort)
-    }
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Runs `jss-bootstrap ARGS` against `bao` with its root token.
-fn bootstrap(bao: &Bao, args: &[&str]) -> String {
-    let out = Command::new(bin("jss-bootstrap"))
-        .args(args)
-        .env("VAULT_ADDR", bao.addr())
-        .env("VAULT_TOKEN", jss_tests::bao::ROOT_TOKEN)
-        .env("TSS2_LOG", "all+none")
-        .env_remove("BAO_ADDR")
-        .env_remove("BAO_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "jss-bootstrap {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn token_from(o: &Output) -> String {
