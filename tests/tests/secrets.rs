@@ -276,29 +276,60 @@ fn accessor_alive(bao: &Bao, accessor: &str) -> bool {
     .success()
 }
 
-#[test]
-fn sidecar_follows_changes_revocations_and_outages() {
+/// A cluster (`cluster init` with `init_args` and role demo) whose demo pod
+/// runs the sidecar on the article's annotation, refreshing every second,
+/// with `extra` flags; mysecret1 starts as `one`, mysecret2 as `ri`.
+struct ArticleSidecar {
+    c: Cluster,
+    demo: PodDef,
+    out: PathBuf,
+    side: Child,
+    log: Tail,
+    _pod: jss_tests::pods::PodProcess,
+}
+
+fn article_sidecar(init_args: &[&str], extra: &[&str]) -> ArticleSidecar {
     let demo = demo_pod();
-    let c = Cluster::start(&["--role", "demo"], "", &[&demo]);
+    let mut init = vec!["--role", "demo"];
+    init.extend_from_slice(init_args);
+    let c = Cluster::start(&init, "", &[&demo]);
     put(&c.bao, &all_path(&demo), &["value=one"]);
     put(&c.bao, &ri_path(&demo), &["value=ri"]);
     let spec = c.path().join("tsi.secrets");
     std::fs::write(&spec, ARTICLE).unwrap();
     let out = c.mkdir("out");
-    let ready = c.path().join("ready");
-    let changes = c.path().join("changes");
-    let on_change = format!("echo changed >> {}", changes.display());
     let pod = c.pod(&demo);
-    let mut side = c.spawn_jss(
-        &pod,
+    let mut args = vec![
+        "secrets",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--refresh-seconds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut side = c.spawn_jss(&pod, &args, &[]);
+    let log = Tail::of(&mut side);
+    ArticleSidecar {
+        c,
+        demo,
+        out,
+        side,
+        log,
+        _pod: pod,
+    }
+}
+
+#[test]
+fn sidecar_follows_changes_revocations_and_outages() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let changes = dir.path().join("changes");
+    let on_change = format!("echo changed >> {}", changes.display());
+    let mut sc = article_sidecar(
+        &[],
         &[
-            "secrets",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--refresh-seconds",
-            "1",
             "--retry-seconds",
             "1",
             "--timeout-seconds",
@@ -308,9 +339,8 @@ fn sidecar_follows_changes_revocations_and_outages() {
             "--on-change",
             &on_change,
         ],
-        &[],
     );
-    let log = Tail::of(&mut side);
+    let (c, demo, out, log) = (&sc.c, sc.demo.clone(), sc.out.clone(), sc.log.clone());
     let logf = || log.text();
     wait_for(60, "the ready file", &logf, || ready.exists());
     assert_eq!(read(&file1(&out)).unwrap(), r#"{"value":"one"}"#);
@@ -340,7 +370,7 @@ fn sidecar_follows_changes_revocations_and_outages() {
     });
     assert_eq!(read(&file1(&out)).unwrap(), r#"{"value":"two"}"#);
     assert!(!file2(&out).exists());
-    assert!(side.try_wait().unwrap().is_none(), "{}", log.text());
+    assert!(sc.side.try_wait().unwrap().is_none(), "{}", log.text());
     signal(c.bao.pid(), "CONT");
     // Back: changes and a re-created secret are picked up again.
     put(&c.bao, &all_path(&demo), &["value=three"]);
@@ -353,8 +383,8 @@ fn sidecar_follows_changes_revocations_and_outages() {
     // SIGTERM: the sidecar revokes its Vault token and exits 0.
     let accessor = last_accessor(&log.text());
     assert!(accessor_alive(&c.bao, &accessor), "{accessor}");
-    signal(side.id(), "TERM");
-    let status = side.wait().unwrap();
+    signal(sc.side.id(), "TERM");
+    let status = sc.side.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200)); // the reader thread drains
     assert!(status.success(), "{status}\n{}", log.text());
     assert!(
@@ -618,4 +648,26 @@ fn constraints_items_use_tsi_compat_roles_and_paths() {
     ]))
     .unwrap();
     assert_eq!(role["data"]["token_policies"], serde_json::json!(["tsi-r"]));
+}
+
+#[test]
+fn sidecar_logs_in_again_when_its_vault_token_runs_out() {
+    // Vault tokens of 4 s that cannot be renewed past that: the sidecar must
+    // replace them with new logins (fresh JSS tokens) and keep following.
+    let mut sc = article_sidecar(&["--token-ttl", "4s"], &[]);
+    let (c, demo, out, log) = (&sc.c, sc.demo.clone(), sc.out.clone(), sc.log.clone());
+    let logf = || log.text();
+    wait_for(60, "three logins", &logf, || {
+        log.count("logged in to Vault") >= 3
+    });
+    put(&c.bao, &all_path(&demo), &["value=two"]);
+    wait_for(60, "the change after re-logins", &logf, || {
+        read(&file1(&out)).as_deref() == Some(r#"{"value":"two"}"#)
+    });
+    assert_eq!(read(&file2(&out)).unwrap(), r#"{"value":"ri"}"#);
+    let text = log.text();
+    assert!(!text.contains("secret revoked"), "{text}");
+    assert!(!text.contains("could not revoke"), "{text}");
+    signal(sc.side.id(), "TERM");
+    assert!(sc.side.wait().unwrap().success(), "{}", log.text());
 }

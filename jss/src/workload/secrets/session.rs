@@ -70,7 +70,31 @@ struct Held {
     login: Login,
     /// Half the lease: renew (or log in again) from then on.
     renew_at: Instant,
+    /// The lease's end: past it the token is dead, not worth renewing or revoking.
+    expires: Instant,
     first_lease: Duration,
+}
+
+impl Held {
+    fn new(login: Login) -> Self {
+        // Lease 0: a token without expiry (not what a JWT role gives, but valid).
+        let lease = if login.lease.is_zero() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            login.lease
+        };
+        let now = Instant::now();
+        Self {
+            renew_at: now + lease / 2,
+            expires: now + lease,
+            first_lease: lease,
+            login,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        Instant::now() < self.expires
+    }
 }
 
 /// Logins per role, kept across passes.
@@ -134,12 +158,9 @@ impl<S: SecretStore> Session<S> {
                 source,
             })?;
         tracing::info!(role, mount, accessor = %login.accessor, lease_s = login.lease.as_secs(), "logged in to Vault");
-        let held = Held {
-            renew_at: Instant::now() + login.lease / 2,
-            first_lease: login.lease,
-            login,
-        };
-        if let Some(old) = self.logins.insert(role.to_string(), held) {
+        if let Some(old) = self.logins.insert(role.to_string(), Held::new(login))
+            && old.alive()
+        {
             self.revoke(role, &old.login).await;
         }
         Ok(&self.logins[role].login)
@@ -152,11 +173,12 @@ impl<S: SecretStore> Session<S> {
             if Instant::now() < h.renew_at {
                 return Ok((h.login.clone(), false));
             }
-            if h.login.renewable {
+            if h.login.renewable && h.alive() {
                 match self.store.renew_self(&h.login.token).await {
                     // Capped by the role's max TTL: a short lease means log in again.
                     Ok(lease) if lease >= h.first_lease / 2 && !lease.is_zero() => {
                         h.renew_at = Instant::now() + lease / 2;
+                        h.expires = Instant::now() + lease;
                         h.login.lease = lease;
                         return Ok((h.login.clone(), false));
                     }
@@ -213,8 +235,8 @@ impl<S: SecretStore> Session<S> {
     /// Revokes every held Vault token (on exit).
     pub async fn revoke_all(&mut self) {
         let held: Vec<(String, Held)> = self.logins.drain().collect();
-        for (role, h) in held {
-            self.revoke(&role, &h.login).await;
+        for (role, h) in held.iter().filter(|(_, h)| h.alive()) {
+            self.revoke(role, &h.login).await;
         }
     }
 }
