@@ -671,3 +671,48 @@ fn sidecar_logs_in_again_when_its_vault_token_runs_out() {
     signal(sc.side.id(), "TERM");
     assert!(sc.side.wait().unwrap().success(), "{}", log.text());
 }
+
+#[test]
+fn token_refresh_rides_out_a_jss_outage_and_logs_it_once() {
+    // 10 s tokens: the file is rewritten every few seconds.
+    let demo = demo_pod();
+    let mut c = Cluster::start(&[], "token_ttl_seconds = 10", &[&demo]);
+    let dir = c.mkdir("jwt");
+    let file = dir.join("token");
+    let pod = c.pod(&demo);
+    let mut w = c.spawn_jss(
+        &pod,
+        &["token", "--out", file.to_str().unwrap(), "--refresh"],
+        &[],
+    );
+    let log = Tail::of(&mut w);
+    let logf = || log.text();
+    wait_for(60, "the token file", &logf, || file.exists());
+
+    // JSS goes away: the refresher keeps the file and retries quietly.
+    let config = std::fs::read_to_string(&c.daemon.config).unwrap();
+    assert!(c.daemon.terminate(Duration::from_secs(30)).is_some());
+    let before = read(&file).unwrap();
+    wait_for(60, "a refresh attempt to fail", &logf, || {
+        log.count("cannot refresh the token file") >= 1
+    });
+    // Several retries later (1 s, 2 s, 4 s …), still one line, same file.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        log.count("cannot refresh the token file"),
+        1,
+        "{}",
+        log.text()
+    );
+    assert_eq!(read(&file).unwrap(), before);
+    assert!(w.try_wait().unwrap().is_none(), "{}", log.text());
+
+    // JSS is back: a new token is written.
+    c.daemon = jss_tests::daemon::Daemon::start(c.path(), &config);
+    wait_for(60, "a fresh token after the outage", &logf, || {
+        read(&file).is_some_and(|t| t != before)
+    });
+    assert!(log.count("JSS answers again") == 1, "{}", log.text());
+    signal(w.id(), "TERM");
+    assert!(w.wait().unwrap().success(), "{}", log.text());
+}
