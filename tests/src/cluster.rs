@@ -17,6 +17,9 @@ use crate::swtpm::Swtpm;
 pub const CLUSTER: &str = "EUCluster";
 pub const REGION: &str = "eu-de";
 pub const MOUNT: &str = "jss-EUCluster";
+/// The TSI demo pod's namespace and image.
+pub const DEMO_NS: &str = "trusted-identity";
+pub const DEMO_IMG: &str = "docker.io/library/ubuntu:24.04";
 
 /// A pod the kubelet stand-in lists: one container.
 #[derive(Debug, Clone)]
@@ -41,9 +44,28 @@ impl PodDef {
         }
     }
 
+    /// The TSI demo's pod: namespace trusted-identity, one ubuntu container.
+    pub fn tsi_demo() -> Self {
+        Self::new(DEMO_NS, "myubuntu-698b8cb4b-n6xgk", "myubuntu", DEMO_IMG)
+    }
+
     /// The pod's `images` claim.
     pub fn images(&self) -> String {
         jss::claims::images_hash(&[self.image.as_str()])
+    }
+
+    /// `name` at this pod's ti-demo-all path (KV CLI form).
+    pub fn ti_demo_all(&self, name: &str) -> String {
+        format!(
+            "secret/ti-demo-all/{REGION}/{CLUSTER}/{}/{}/{name}",
+            self.namespace,
+            self.images()
+        )
+    }
+
+    /// `name` at this pod's ti-demo-ri path (KV CLI form).
+    pub fn ti_demo_ri(&self, name: &str) -> String {
+        format!("secret/ti-demo-ri/{REGION}/{}/{name}", self.images())
     }
 }
 
@@ -191,6 +213,13 @@ ca_path = "{ca}"
         argv.extend(args.iter().map(|a| a.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         spawn_in(pod, Path::new("/usr/bin/env"), &argv, Stdio::piped())
+    }
+
+    /// `bao kv put PATH KEY=VALUE…` with the root token.
+    pub fn put(&self, path: &str, kv: &[&str]) {
+        let mut args = vec!["kv", "put", path];
+        args.extend_from_slice(kv);
+        self.bao.ok(&args);
     }
 
     /// A new directory under the cluster's temp dir.

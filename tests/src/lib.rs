@@ -13,3 +13,4 @@ pub mod net;
 pub mod node;
 pub mod pods;
 pub mod swtpm;
+pub mod watch;

@@ -6,23 +6,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jss_tests::bao::Bao;
-use jss_tests::cluster::{CLUSTER, Cluster, MOUNT, PodDef, REGION};
-
-const DEMO_NS: &str = "trusted-identity";
-const DEMO_IMG: &str = "docker.io/library/ubuntu:24.04";
+use jss_tests::cluster::{CLUSTER, Cluster, DEMO_NS, MOUNT, PodDef, REGION};
+use jss_tests::watch::{Tail, read, signal, wait_for};
 
 /// The annotation from the TSI article, verbatim (the demo uses it too).
 const ARTICLE: &str = include_str!("../fixtures/tsi-article.secrets.yaml");
 
 fn demo_pod() -> PodDef {
-    PodDef::new(DEMO_NS, "myubuntu-698b8cb4b-n6xgk", "myubuntu", DEMO_IMG)
+    PodDef::tsi_demo()
+}
+
+fn all_path(p: &PodDef) -> String {
+    p.ti_demo_all("mysecret1")
+}
+
+fn ri_path(p: &PodDef) -> String {
+    p.ti_demo_ri("mysecret2")
 }
 
 fn other_pod() -> PodDef {
@@ -34,73 +38,12 @@ fn other_pod() -> PodDef {
     )
 }
 
-fn all_path(p: &PodDef) -> String {
-    format!(
-        "secret/ti-demo-all/{REGION}/{CLUSTER}/{}/{}/mysecret1",
-        p.namespace,
-        p.images()
-    )
-}
-
-fn ri_path(p: &PodDef) -> String {
-    format!("secret/ti-demo-ri/{REGION}/{}/mysecret2", p.images())
-}
-
 fn file1(out: &Path) -> PathBuf {
     out.join("mysecrets/myubuntu-mysecret1/mysecret1")
 }
 
 fn file2(out: &Path) -> PathBuf {
     out.join("mysecrets/myubuntu-mysecret2/mysecret2")
-}
-
-/// Waits up to `secs` for `ok`; panics naming `what` and showing `log`.
-fn wait_for(secs: u64, what: &str, log: &dyn Fn() -> String, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}; log:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Collects a child's stderr as it runs.
-#[derive(Clone, Default)]
-struct Tail(Arc<Mutex<String>>);
-
-impl Tail {
-    fn of(child: &mut Child) -> Self {
-        let t = Tail::default();
-        let mut err = child.stderr.take().unwrap();
-        let buf = t.0.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = err.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
-        t
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.text().matches(needle).count()
-    }
-}
-
-fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -116,31 +59,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
-
-fn put(bao: &Bao, path: &str, kv: &[&str]) {
-    let mut args = vec!["kv", "put", path];
-    args.extend_from_slice(kv);
-    bao.ok(&args);
-}
-
 #[test]
 fn once_writes_the_articles_secrets_and_refuses_another_pod() {
     let (demo, other) = (demo_pod(), other_pod());
     let c = Cluster::start(&["--role", "demo"], "", &[&demo, &other]);
-    put(
-        &c.bao,
-        &all_path(&demo),
-        &["username=admin", "password=s3cret-all"],
-    );
-    put(&c.bao, &ri_path(&demo), &["value=s3cret-ri"]);
+    c.put(&all_path(&demo), &["username=admin", "password=s3cret-all"]);
+    c.put(&ri_path(&demo), &["value=s3cret-ri"]);
     let spec = c.path().join("tsi.secrets");
     std::fs::write(&spec, ARTICLE).unwrap();
     let spec = spec.display().to_string();
@@ -293,8 +217,8 @@ fn article_sidecar(init_args: &[&str], extra: &[&str]) -> ArticleSidecar {
     let mut init = vec!["--role", "demo"];
     init.extend_from_slice(init_args);
     let c = Cluster::start(&init, "", &[&demo]);
-    put(&c.bao, &all_path(&demo), &["value=one"]);
-    put(&c.bao, &ri_path(&demo), &["value=ri"]);
+    c.put(&all_path(&demo), &["value=one"]);
+    c.put(&ri_path(&demo), &["value=ri"]);
     let spec = c.path().join("tsi.secrets");
     std::fs::write(&spec, ARTICLE).unwrap();
     let out = c.mkdir("out");
@@ -347,7 +271,7 @@ fn sidecar_follows_changes_revocations_and_outages() {
     assert_eq!(read(&file2(&out)).unwrap(), r#"{"value":"ri"}"#);
 
     // Changed in OpenBao: the file follows, and --on-change runs.
-    put(&c.bao, &all_path(&demo), &["value=two"]);
+    c.put(&all_path(&demo), &["value=two"]);
     wait_for(60, "the changed secret", &logf, || {
         read(&file1(&out)).as_deref() == Some(r#"{"value":"two"}"#)
     });
@@ -373,8 +297,8 @@ fn sidecar_follows_changes_revocations_and_outages() {
     assert!(sc.side.try_wait().unwrap().is_none(), "{}", log.text());
     signal(c.bao.pid(), "CONT");
     // Back: changes and a re-created secret are picked up again.
-    put(&c.bao, &all_path(&demo), &["value=three"]);
-    put(&c.bao, &ri_path(&demo), &["value=ri-again"]);
+    c.put(&all_path(&demo), &["value=three"]);
+    c.put(&ri_path(&demo), &["value=ri-again"]);
     wait_for(90, "recovery after the outage", &logf, || {
         read(&file1(&out)).as_deref() == Some(r#"{"value":"three"}"#)
             && read(&file2(&out)).as_deref() == Some(r#"{"value":"ri-again"}"#)
@@ -402,132 +326,11 @@ fn sidecar_follows_changes_revocations_and_outages() {
 }
 
 #[test]
-fn openbao_agent_logs_in_with_a_jss_token_file_and_keeps_rendering() {
-    // Short lives everywhere, so expiry happens within the test: JSS tokens
-    // of 10 s (dead 20 s after issue with the role's 10 s leeway) and Vault
-    // tokens of 10 s that cannot be renewed past that.
-    let demo = demo_pod();
-    let c = Cluster::start(
-        &["--role", "demo", "--token-ttl", "10s"],
-        "token_ttl_seconds = 10",
-        &[&demo],
-    );
-    put(&c.bao, &all_path(&demo), &["value=v1"]);
-    let tokdir = c.mkdir("jwt");
-    let token_file = tokdir.join("token");
-    let pod = c.pod(&demo);
-    let mut writer = c.spawn_jss(
-        &pod,
-        &["token", "--out", token_file.to_str().unwrap(), "--refresh"],
-        &[],
-    );
-    let wlog = Tail::of(&mut writer);
-    let wlogf = || wlog.text();
-    wait_for(60, "the token file", &wlogf, || token_file.exists());
-    let first = std::fs::read_to_string(&token_file).unwrap();
-    let first_exp = jss::token::decode_unverified(&first).unwrap().1["exp"]
-        .as_u64()
-        .unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&token_file).unwrap().permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o644);
-
-    // A reader that deletes the file (an agent's default): it comes back.
-    std::fs::remove_file(&token_file).unwrap();
-    wait_for(
-        30,
-        "the deleted token file to be written again",
-        &wlogf,
-        || token_file.exists(),
-    );
-
-    let rendered = c.path().join("rendered");
-    let agent_cfg = c.path().join("agent.hcl");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            r#"vault {{
-  address = "{addr}"
-}}
-auto_auth {{
-  method "jwt" {{
-    mount_path = "auth/{MOUNT}"
-    config = {{
-      path = "{jwt}"
-      role = "demo"
-      remove_jwt_after_reading = false
-    }}
-  }}
-}}
-template_config {{
-  static_secret_render_interval = "1s"
-}}
-template {{
-  destination = "{out}"
-  contents = "{{{{ with secret \"{secret}\" }}}}{{{{ .Data.data.value }}}}{{{{ end }}}}"
-}}
-"#,
-            addr = c.bao.addr(),
-            jwt = token_file.display(),
-            out = rendered.display(),
-            secret = all_path(&demo).replacen("secret/", "secret/data/", 1),
-        ),
-    )
-    .unwrap();
-    let mut agent = Command::new(c.bao.bin())
-        .args(["agent", "-config"])
-        .arg(&agent_cfg)
-        .env_remove("VAULT_TOKEN")
-        .env_remove("BAO_TOKEN")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let alog = Tail::of(&mut agent);
-    let both = || format!("agent:\n{}\njss token:\n{}", alog.text(), wlog.text());
-    wait_for(60, "the agent's first render", &both, || {
-        read(&rendered).as_deref() == Some("v1")
-    });
-
-    // Past the first token's death (exp + 10 s leeway) the agent has had to
-    // log in again with later tokens from the file; it still renders.
-    wait_for(90, "the first JSS token to expire", &both, || {
-        jss_tests::cluster::unix_now() > first_exp + 12
-    });
-    let refused = c.bao.run(
-        "",
-        &[
-            "write",
-            &format!("auth/{MOUNT}/login"),
-            "role=demo",
-            &format!("jwt={first}"),
-        ],
-    );
-    assert!(!refused.status.success(), "the first token still logs in");
-    put(&c.bao, &all_path(&demo), &["value=v2"]);
-    wait_for(90, "a render after the first tokens expired", &both, || {
-        read(&rendered).as_deref() == Some("v2")
-    });
-    let logins = alog.count("authentication successful");
-    assert!(logins >= 2, "{logins} logins:\n{}", both());
-    assert!(agent.try_wait().unwrap().is_none(), "{}", both());
-    let _ = agent.kill();
-    let _ = agent.wait();
-
-    // SIGTERM: exit 0.
-    signal(writer.id(), "TERM");
-    let status = writer.wait().unwrap();
-    assert!(status.success(), "{status}\n{}", wlog.text());
-    assert!(!wlog.text().contains(first.trim()), "the token in the log");
-}
-
-#[test]
 fn exec_puts_secrets_in_the_environment_or_does_not_run() {
     let demo = demo_pod();
     let c = Cluster::start(&[], "", &[&demo]);
     let db = format!("secret/ti-demo-ri/{REGION}/{}/db", demo.images());
-    put(&c.bao, &db, &["password=s3cret-db", "user=app"]);
+    c.put(&db, &["password=s3cret-db", "user=app"]);
     let pod = c.pod(&demo);
     let good = format!("vault:{db}#password");
 
@@ -600,9 +403,8 @@ fn constraints_items_use_tsi_compat_roles_and_paths() {
     let demo = demo_pod();
     let c = Cluster::start(&["--tsi-compat"], "", &[&demo]);
     let imgs = demo.images();
-    put(&c.bao, &format!("secret/tsi-r/{REGION}/r1"), &["v=r"]);
-    put(
-        &c.bao,
+    c.put(&format!("secret/tsi-r/{REGION}/r1"), &["v=r"]);
+    c.put(
         &format!("secret/tsi-rcni/{REGION}/{CLUSTER}/{DEMO_NS}/{imgs}/rcni1"),
         &["v=rcni"],
     );
@@ -660,7 +462,7 @@ fn sidecar_logs_in_again_when_its_vault_token_runs_out() {
     wait_for(60, "three logins", &logf, || {
         log.count("logged in to Vault") >= 3
     });
-    put(&c.bao, &all_path(&demo), &["value=two"]);
+    c.put(&all_path(&demo), &["value=two"]);
     wait_for(60, "the change after re-logins", &logf, || {
         read(&file1(&out)).as_deref() == Some(r#"{"value":"two"}"#)
     });
@@ -670,49 +472,4 @@ fn sidecar_logs_in_again_when_its_vault_token_runs_out() {
     assert!(!text.contains("could not revoke"), "{text}");
     signal(sc.side.id(), "TERM");
     assert!(sc.side.wait().unwrap().success(), "{}", log.text());
-}
-
-#[test]
-fn token_refresh_rides_out_a_jss_outage_and_logs_it_once() {
-    // 10 s tokens: the file is rewritten every few seconds.
-    let demo = demo_pod();
-    let mut c = Cluster::start(&[], "token_ttl_seconds = 10", &[&demo]);
-    let dir = c.mkdir("jwt");
-    let file = dir.join("token");
-    let pod = c.pod(&demo);
-    let mut w = c.spawn_jss(
-        &pod,
-        &["token", "--out", file.to_str().unwrap(), "--refresh"],
-        &[],
-    );
-    let log = Tail::of(&mut w);
-    let logf = || log.text();
-    wait_for(60, "the token file", &logf, || file.exists());
-
-    // JSS goes away: the refresher keeps the file and retries quietly.
-    let config = std::fs::read_to_string(&c.daemon.config).unwrap();
-    assert!(c.daemon.terminate(Duration::from_secs(30)).is_some());
-    let before = read(&file).unwrap();
-    wait_for(60, "a refresh attempt to fail", &logf, || {
-        log.count("cannot refresh the token file") >= 1
-    });
-    // Several retries later (1 s, 2 s, 4 s …), still one line, same file.
-    std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(
-        log.count("cannot refresh the token file"),
-        1,
-        "{}",
-        log.text()
-    );
-    assert_eq!(read(&file).unwrap(), before);
-    assert!(w.try_wait().unwrap().is_none(), "{}", log.text());
-
-    // JSS is back: a new token is written.
-    c.daemon = jss_tests::daemon::Daemon::start(c.path(), &config);
-    wait_for(60, "a fresh token after the outage", &logf, || {
-        read(&file).is_some_and(|t| t != before)
-    });
-    assert!(log.count("JSS answers again") == 1, "{}", log.text());
-    signal(w.id(), "TERM");
-    assert!(w.wait().unwrap().success(), "{}", log.text());
 }
