@@ -331,6 +331,19 @@ fn exec_puts_secrets_in_the_environment_or_does_not_run() {
     let c = Cluster::start(&[], "", &[&demo]);
     let db = format!("secret/ti-demo-ri/{REGION}/{}/db", demo.images());
     c.put(&db, &["password=s3cret-db", "user=app"]);
+    // A KV v1 mount too, which the role's ti-demo-ri policy is extended to read.
+    c.bao
+        .ok(&["secrets", "enable", "-path=kv1", "-version=1", "kv"]);
+    c.put("kv1/app/legacy", &["token=v1-value"]);
+    let policy = c.bao.ok(&["policy", "read", "ti-demo-ri"]);
+    let file = c.path().join("ri.hcl");
+    std::fs::write(
+        &file,
+        format!("{policy}\npath \"kv1/app/*\" {{\n  capabilities = [\"read\"]\n}}\n"),
+    )
+    .unwrap();
+    c.bao
+        .ok(&["policy", "write", "ti-demo-ri", file.to_str().unwrap()]);
     let pod = c.pod(&demo);
     let good = format!("vault:{db}#password");
 
@@ -344,11 +357,13 @@ fn exec_puts_secrets_in_the_environment_or_does_not_run() {
                 "printenv",
                 "DB_PASSWORD",
                 "DB_USER",
+                "LEGACY",
                 "PLAIN",
             ],
             &[
                 ("DB_PASSWORD", &good),
                 ("DB_USER", &format!("vault:{db}#user")),
+                ("LEGACY", "vault:kv1/app/legacy#token"),
                 ("PLAIN", "left alone"),
             ],
         )
@@ -358,7 +373,7 @@ fn exec_puts_secrets_in_the_environment_or_does_not_run() {
     assert!(o.status.success(), "{err}");
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        "s3cret-db\napp\nleft alone\n"
+        "s3cret-db\napp\nv1-value\nleft alone\n"
     );
     assert!(!err.contains("s3cret-db"), "{err}");
 
