@@ -2,7 +2,8 @@
 //!
 //! Request flow, top down: `server` → `attest` → `kubelet` → `claims` →
 //! `cache` → `signer`, with `token` encoding the JWS, `chain` holding the
-//! node certificate chain and `state` owning the node's files.
+//! node certificate chain and `state` owning the node's files. `workload` is the pod side: token
+//! files for agents and TSI's secret sidecar (`jss token --out`, `jss secrets`).
 
 pub mod attest;
 pub mod cache;
@@ -16,3 +17,4 @@ pub mod server;
 pub mod signer;
 pub mod state;
 pub mod token;
+pub mod workload;

@@ -6,6 +6,7 @@
 
 pub mod bao;
 pub mod ca;
+pub mod cluster;
 pub mod daemon;
 pub mod injector;
 pub mod kube;
@@ -14,3 +15,4 @@ pub mod net;
 pub mod node;
 pub mod pods;
 pub mod swtpm;
+pub mod watch;
