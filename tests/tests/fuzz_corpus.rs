@@ -158,6 +158,24 @@ fn seeds_reach_the_success_paths() {
     assert!(answer("post-too-large").starts_with("HTTP/1.1 413 "));
     assert!(answer("post-slow-body").starts_with("HTTP/1.1 408 "));
     assert!(answer("bad-method").starts_with("HTTP/1.1 405 "));
+
+    use jss_injector::config::{Config, FileConfig, Overrides};
+    use jss_injector::mutate::{Outcome, respond};
+    let inject = Config::build(FileConfig::default(), Overrides::default())
+        .unwrap()
+        .inject;
+    for (name, want) in [
+        ("review-tsi-article-pod.json", Outcome::Patched),
+        ("review-job-pod.json", Outcome::Patched),
+        ("review-not-annotated.json", Outcome::Unchanged),
+        ("review-update.json", Outcome::Ignored),
+        ("review-refused-escape.json", Outcome::Refused),
+    ] {
+        let req = jss_injector::review::decode(&seed("admission", name)).unwrap();
+        assert_eq!(respond(&req, &inject).0, want, "{name}");
+    }
+    let article = String::from_utf8(seed("admission", "annotation-tsi-article-pod.yaml")).unwrap();
+    assert!(jss_injector::annotations::parse_items("tsi.secrets", &article).is_ok());
 }
 
 #[test]
