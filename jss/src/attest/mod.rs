@@ -8,6 +8,7 @@
 //! guard, see `peer`).
 
 pub mod cgroup;
+mod connection;
 mod error;
 mod locate;
 pub mod mountinfo;
@@ -18,7 +19,8 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use error::{AttestError, DenyClass};
+pub use connection::{Peer, Unattested};
+pub use error::AttestError;
 pub use locate::{Location, Source, locate};
 pub use peer::{PeerProcess, ReuseGuard, guard_supported};
 pub use workload::{ContainerImage, ContainerKind, OwnerReference, Workload};

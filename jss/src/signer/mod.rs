@@ -3,9 +3,10 @@
 //! Two backends share one contract: [`TpmSigner`] keeps the key inside the TPM
 //! (only a TPM-wrapped blob lives on disk); [`SoftwareSigner`] keeps a PKCS#8
 //! key in the state directory for nodes without a TPM. Both return raw ES256
-//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers run it on a
-//! blocking thread.
+//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers go through
+//! [`sign_job`], which runs it where the backend needs.
 
+mod job;
 mod jwk;
 mod software;
 mod tpm;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub use job::sign_job;
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
 pub use software::SoftwareSigner;
 pub use tpm::{TpmSigner, tpm_reachable};
@@ -127,6 +129,8 @@ pub enum SignerError {
     Software(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("the signing thread failed: {source}")]
+    JobFailed { source: tokio::task::JoinError },
 }
 
 impl SignerError {
