@@ -104,6 +104,21 @@ async fn every_refusal_is_counted_and_audited_once() {
         assert_eq!(line["outcome"], "denied", "{code}: {line}");
         assert_eq!(line["code"], code.as_str(), "{code}: {line}");
         assert_eq!(line["pid"], audited_pid, "{code}: {line}");
+        // Named once attested; the audience once read.
+        let attested = matches!(code, Code::ClaimsUnavailable | Code::SignerUnavailable);
+        assert_eq!(line["pod"] == "app-0", attested, "{code}: {line}");
+        assert!(line.get("jti").is_none_or(Value::is_null), "{code}: {line}");
+        let audience = match code {
+            Code::BadAudience => "nope",
+            Code::Timeout => "",
+            c if matches!(c.status(), 401 | 403 | 500 | 503) => "vault",
+            _ => "",
+        };
+        assert_eq!(
+            line["audience"].as_str().unwrap_or(""),
+            audience,
+            "{code}: {line}"
+        );
         assert_eq!(
             denials(&app),
             vec![(code.as_str().to_string(), 1)],

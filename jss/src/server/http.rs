@@ -9,6 +9,7 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
+use tracing::Instrument as _;
 
 use super::audit::AuditRecord;
 use super::{App, Code, Refusal};
@@ -46,22 +47,31 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let is_token = req.uri().path() == "/v1/token";
+    let pid = peer.ids().0;
+    let span = if is_token {
+        tracing::info_span!("token", pid)
+    } else {
+        tracing::info_span!("request", pid)
+    };
     let timeout = Duration::from_millis(app.cfg.limits.request_timeout_ms);
-    let resp = match tokio::time::timeout(timeout, route(&app, &peer, req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(r)) => refuse(&app, &peer, &r),
-        Err(_) => refuse(
-            &app,
-            &peer,
-            &Refusal::new(
-                Code::Timeout,
-                format!(
-                    "the request did not finish within {} ms (limits.request_timeout_ms)",
-                    timeout.as_millis()
+    let answer = async {
+        match tokio::time::timeout(timeout, route(&app, &peer, req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(r)) => refuse(&app, &peer, &r),
+            Err(_) => refuse(
+                &app,
+                &peer,
+                &Refusal::new(
+                    Code::Timeout,
+                    format!(
+                        "the request did not finish within {} ms (limits.request_timeout_ms)",
+                        timeout.as_millis()
+                    ),
                 ),
             ),
-        ),
+        }
     };
+    let resp = answer.instrument(span).await;
     if is_token {
         app.metrics
             .request_seconds
@@ -77,13 +87,26 @@ fn refuse(app: &App, peer: &Peer, r: &Refusal) -> Response<Body> {
     app.audit.record(AuditRecord {
         pid,
         uid,
+        namespace: r.workload.as_ref().map(|w| w.namespace.as_str()),
+        pod: r.workload.as_ref().map(|w| w.pod.as_str()),
+        container: r.workload.as_ref().map(|w| w.container.as_str()),
         audience: r.audience.as_deref(),
         outcome: "denied",
         code: Some(r.code.as_str()),
         reason: Some(&r.message),
         ..Default::default()
     });
-    tracing::warn!(pid, uid, code = r.code.as_str(), "{}", r.message);
+    // In the workload's span when the caller was attested, like its other lines.
+    let _workload = r.workload.as_ref().map(|w| {
+        tracing::info_span!(
+            "workload",
+            namespace = %w.namespace,
+            pod = %w.pod,
+            container = %w.container
+        )
+        .entered()
+    });
+    tracing::warn!(uid, code = r.code.as_str(), "{}", r.message);
     refusal_response(r)
 }
 

@@ -29,23 +29,19 @@ fn now_unix() -> u64 {
 impl App {
     /// Attests `peer` and returns a token for `audience` (already allow-listed).
     pub async fn issue(self: &Arc<Self>, peer: &Peer, audience: &str) -> Result<Issued, Refusal> {
-        let span = tracing::info_span!("token", pid = peer.ids().0);
-        async {
-            let (caller, workload) = self.attest(peer).await?;
-            // A child span with all three fields at once: cheaper to format
-            // than recording them one by one into the request's span.
-            let span = tracing::info_span!(
-                "workload",
-                namespace = %workload.namespace,
-                pod = %workload.pod_name,
-                container = %workload.container_name
-            );
-            self.token_for(caller, &workload, audience)
-                .instrument(span)
-                .await
-        }
-        .instrument(span)
-        .await
+        let (caller, workload) = self.attest(peer).await?;
+        // A child span with all three fields at once: cheaper to format than
+        // recording them one by one into the request's span.
+        let span = tracing::info_span!(
+            "workload",
+            namespace = %workload.namespace,
+            pod = %workload.pod_name,
+            container = %workload.container_name
+        );
+        self.token_for(caller, &workload, audience)
+            .instrument(span)
+            .await
+            .map_err(|r| r.for_workload(&workload))
     }
 
     /// The caller's workload: its process as taken at accept, its container

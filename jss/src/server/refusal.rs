@@ -103,6 +103,16 @@ pub struct Refusal {
     pub retry_after: Option<u32>,
     /// The audience asked for, once known (for the audit line).
     pub audience: Option<String>,
+    /// The attested caller, when refused after attestation (for the audit line).
+    pub workload: Option<Box<WorkloadNames>>,
+}
+
+/// Who an attested caller is, as the audit line names it.
+#[derive(Debug, Clone)]
+pub struct WorkloadNames {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 impl Refusal {
@@ -113,6 +123,7 @@ impl Refusal {
             message: message.into(),
             retry_after: code.default_retry_after(),
             audience: None,
+            workload: None,
         }
     }
 
@@ -125,6 +136,16 @@ impl Refusal {
     /// Records the audience asked for (the audit line names it).
     pub fn for_audience(mut self, audience: &str) -> Self {
         self.audience = Some(audience.to_string());
+        self
+    }
+
+    /// Records the attested caller (the audit line names it).
+    pub fn for_workload(mut self, w: &crate::attest::Workload) -> Self {
+        self.workload = Some(Box::new(WorkloadNames {
+            namespace: w.namespace.clone(),
+            pod: w.pod_name.clone(),
+            container: w.container_name.clone(),
+        }));
         self
     }
 
