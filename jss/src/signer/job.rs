@@ -29,3 +29,50 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signer::{KeyPolicy, NodePublicKey, SignerConfig, SignerKind, open};
+
+    /// The software key, reporting `backend`.
+    #[derive(Debug)]
+    struct As(Backend, Arc<dyn Signer>);
+
+    impl Signer for As {
+        fn backend(&self) -> Backend {
+            self.0
+        }
+        fn public_key(&self) -> &NodePublicKey {
+            self.1.public_key()
+        }
+        fn sign(&self, input: &[u8]) -> Result<[u8; 64], SignerError> {
+            self.1.sign(input)
+        }
+    }
+
+    #[test]
+    fn software_signs_inline_and_the_tpm_on_a_blocking_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SignerConfig {
+            kind: SignerKind::Software,
+            tcti: String::new(),
+            state_dir: dir.path().to_path_buf(),
+        };
+        let key = open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let here = std::thread::current().id();
+        for (backend, inline) in [(Backend::Software, true), (Backend::Tpm, false)] {
+            let s: Arc<dyn Signer> = Arc::new(As(backend, Arc::clone(&key)));
+            let (thread, sig) = rt
+                .block_on(sign_job(&s, |s| {
+                    Ok((std::thread::current().id(), s.sign(b"input")?))
+                }))
+                .unwrap();
+            assert_eq!(thread == here, inline, "{backend}");
+            assert_eq!(sig.len(), 64);
+        }
+    }
+}
