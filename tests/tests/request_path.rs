@@ -16,7 +16,8 @@ use jss::kubelet::{KubeletError, LookupError, PodList, StaticPods};
 use jss::server::{App, Code};
 use jss::signer::{self, KeyPolicy, SignerConfig};
 use jss_tests::ca::TestCa;
-use jss_tests::kubelet::pod_list;
+use jss_tests::kubelet::{PodBuilder, pod_list};
+use jss_tests::pods::random_pod_uid;
 use request_path_common::*;
 use serde_json::Value;
 
@@ -27,7 +28,7 @@ async fn every_refusal_is_counted_and_audited_once() {
     let node = Node::new();
     let proc_root = node.dir.path().join("proc");
     let pid = std::process::id() as i32;
-    let fast = "[limits]\nheader_timeout_ms = 300\nrequest_timeout_ms = 45000\n";
+    let body_deadline = "[limits]\nheader_timeout_ms = 1000\nrequest_timeout_ms = 45000\n";
     let get_token = b"GET /v1/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
     let post = |body: &str| {
         format!(
@@ -37,9 +38,13 @@ async fn every_refusal_is_counted_and_audited_once() {
         .into_bytes()
     };
     let ok_pods = node.pods(node.running());
-    let with_pods = |pods: Value| node.static_app(fast, pods);
+    let with_pods = |pods: Value| node.static_app(body_deadline, pods);
     let failing = |f: fn() -> LookupError| {
-        node.app(fast, Arc::clone(&node.signer), Arc::new(Answer::Fail(f)))
+        node.app(
+            body_deadline,
+            Arc::clone(&node.signer),
+            Arc::new(Answer::Fail(f)),
+        )
     };
     let mut no_digest = node.running();
     no_digest.digest = None;
@@ -63,10 +68,14 @@ async fn every_refusal_is_counted_and_audited_once() {
         (Code::KubeletUnauthorized, failing(|| kubelet(KubeletError::Unauthorized { url: "https://kubelet".into() })), get_token.clone(), pid),
         (Code::KubeletForbidden, failing(|| kubelet(KubeletError::Forbidden { url: "https://kubelet".into() })), get_token.clone(), pid),
         (Code::KubeletBadStatus, failing(|| kubelet(KubeletError::Status { url: "https://kubelet".into(), status: 500 })), get_token.clone(), pid),
+        (Code::KubeletResponseTooLarge, failing(|| kubelet(KubeletError::TooLarge { url: "https://kubelet".into(), limit: 1 })), get_token.clone(), pid),
+        (Code::KubeletTokenUnreadable, failing(|| kubelet(KubeletError::Token { path: "/token".into(), source: std::io::ErrorKind::NotFound.into() })), get_token.clone(), pid),
+        (Code::KubeletClientConfig, failing(|| kubelet(KubeletError::File { what: "the CA", path: "/ca.pem".into(), source: std::io::ErrorKind::NotFound.into() })), get_token.clone(), pid),
+        (Code::PodMismatch, with_pods(pod_list(&[PodBuilder::new(&random_pod_uid(), "team-a", "app-0").container(node.running()).json()])), get_token.clone(), pid),
         (Code::KubeletMalformed, failing(|| kubelet(KubeletError::Malformed { url: "https://kubelet".into(), source: PodList::parse(b"[").unwrap_err() })), get_token.clone(), pid),
         (Code::DuplicateContainerId, failing(|| LookupError::Duplicate { container_id: "c".into(), pods: vec!["a/b".into(), "c/d".into()] }), get_token.clone(), pid),
         (Code::Timeout, node.app("[limits]\nrequest_timeout_ms = 300\n", Arc::clone(&node.signer), Arc::new(Answer::Never)), get_token.clone(), pid),
-        (Code::SignerUnavailable, node.app(fast, Arc::new(GatedSigner { inner: Arc::clone(&node.signer), gate: None, fail: true }), Arc::new(StaticPods::new(PodList::parse(ok_pods.to_string().as_bytes()).unwrap()))), get_token.clone(), pid),
+        (Code::SignerUnavailable, node.app(body_deadline, Arc::new(GatedSigner { inner: Arc::clone(&node.signer), gate: None, fail: true }), Arc::new(StaticPods::new(PodList::parse(ok_pods.to_string().as_bytes()).unwrap()))), get_token.clone(), pid),
     ];
     // Refused at accept: the kernel named no process.
     cases.push((
