@@ -56,6 +56,7 @@ impl Node {
                 kind,
                 tcti: tcti.clone(),
                 state_dir: state.clone(),
+                pcrs: None,
             },
             KeyPolicy::CreateIfMissing,
         )

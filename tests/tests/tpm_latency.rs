@@ -19,6 +19,7 @@ fn open(tcti: &str, dir: &std::path::Path) -> Arc<dyn Signer> {
             kind: SignerKind::Tpm,
             tcti: tcti.into(),
             state_dir: dir.into(),
+            pcrs: None,
         },
         KeyPolicy::CreateIfMissing,
     )

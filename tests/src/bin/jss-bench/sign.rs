@@ -46,6 +46,7 @@ fn open(kind: SignerKind, tcti: &str) -> (std::sync::Arc<dyn Signer>, tempfile::
         kind,
         tcti: tcti.into(),
         state_dir: dir.path().to_path_buf(),
+        pcrs: None,
     };
     (
         signer::open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0,
