@@ -3,65 +3,76 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail};
+
 use jss::signer::{self, KeyPolicy, Signer, SignerConfig, SignerKind};
 use jss_tests::swtpm::Swtpm;
 
 use crate::Figures;
 
-fn rate(s: &dyn Signer, dur: Duration) -> f64 {
+fn rate(s: &dyn Signer, dur: Duration) -> anyhow::Result<f64> {
     let msg = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9";
     // warm up (connection, session, caches)
     for _ in 0..10 {
-        s.sign(msg).unwrap();
+        s.sign(msg).context("sign (warm-up)")?;
     }
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < dur {
-        s.sign(msg).unwrap();
+        s.sign(msg).context("sign")?;
         n += 1;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// `openssl speed -seconds N ecdsap256` sign/s on one core.
-fn openssl_rate(seconds: u64) -> f64 {
+fn openssl_rate(seconds: u64) -> anyhow::Result<f64> {
     let out = Command::new("openssl")
         .args(["speed", "-seconds", &seconds.to_string(), "ecdsap256"])
         .output()
-        .expect("run openssl speed (install openssl)");
+        .context("run openssl speed (install openssl)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "256 bits ecdsa (nistp256)   0.0000s   0.0001s  29000.1  10000.2"
-    text.lines()
+    let rate = text
+        .lines()
         .find(|l| l.contains("ecdsa (nistp256)"))
         .and_then(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             cols.get(cols.len().checked_sub(2)?)?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("cannot parse openssl speed output:\n{text}"))
+        });
+    match rate {
+        Some(r) => Ok(r),
+        None => bail!(
+            "cannot parse openssl speed output ({}):\n{text}",
+            out.status
+        ),
+    }
 }
 
-fn open(kind: SignerKind, tcti: &str) -> (std::sync::Arc<dyn Signer>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+fn open(
+    kind: SignerKind,
+    tcti: &str,
+) -> anyhow::Result<(std::sync::Arc<dyn Signer>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().context("create a state directory")?;
     let cfg = SignerConfig {
         kind,
         tcti: tcti.into(),
         state_dir: dir.path().to_path_buf(),
         pcrs: None,
     };
-    (
-        signer::open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0,
-        dir,
-    )
+    let (signer, _) = signer::open(&cfg, KeyPolicy::CreateIfMissing)
+        .with_context(|| format!("open a {kind:?} signer"))?;
+    Ok((signer, dir))
 }
 
-pub fn run(seconds: u64) -> Figures {
+pub fn run(seconds: u64) -> anyhow::Result<Figures> {
     let dur = Duration::from_secs(seconds);
-    let (sw, _d1) = open(SignerKind::Software, "");
-    let software = rate(sw.as_ref(), dur);
+    let (sw, _d1) = open(SignerKind::Software, "")?;
+    let software = rate(sw.as_ref(), dur)?;
     let tpm = Swtpm::start();
-    let (hw, _d2) = open(SignerKind::Tpm, &tpm.tcti());
-    let tpm_rate = rate(hw.as_ref(), dur);
-    let openssl = openssl_rate(seconds);
+    let (hw, _d2) = open(SignerKind::Tpm, &tpm.tcti())?;
+    let tpm_rate = rate(hw.as_ref(), dur)?;
+    let openssl = openssl_rate(seconds)?;
     println!("== raw ES256 signing ({seconds} s each, one thread) ==");
     println!(
         "software signer (aws-lc-rs) : {software:>10.0} signs/s  ({:.1} us/sign)",
@@ -73,10 +84,10 @@ pub fn run(seconds: u64) -> Figures {
     );
     println!("openssl speed ecdsap256     : {openssl:>10.0} signs/s  (reference)");
     println!("ratio software / openssl    : {:>10.2}", software / openssl);
-    Figures::from([
+    Ok(Figures::from([
         ("sign.software_per_s".into(), software),
         ("sign.tpm_per_s".into(), tpm_rate),
         ("sign.openssl_per_s".into(), openssl),
         ("sign.software_over_openssl".into(), software / openssl),
-    ])
+    ]))
 }
