@@ -6,7 +6,7 @@ use vaultrs::pki;
 
 use crate::vault::{Vault, VaultError};
 
-/// Key usages of a node CA certificate (DESIGN.md, "Trust chain").
+/// Key usages of a node CA certificate (docs/design.md, "Trust chain").
 pub const NODE_KEY_USAGE: &str = "DigitalSignature,CertSign,CRLSign";
 
 /// The root CA certificate (PEM) of `mount`, or `None` if it has none yet.

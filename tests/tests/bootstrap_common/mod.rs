@@ -85,7 +85,7 @@ pub fn register_args(bao: &Bao, cluster: &str, node: &str, dir: &Path) -> Vec<St
     )
 }
 
-/// A workload's claims, shaped as DESIGN.md "Token format".
+/// A workload's claims, shaped as docs/design.md and the README describe them ("Token format").
 pub struct Workload<'a> {
     pub cluster: &'a str,
     pub region: &'a str,
