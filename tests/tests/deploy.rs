@@ -732,13 +732,22 @@ fn grants_nodes_proxy(doc: &Value) -> bool {
     if doc["kind"] != "ClusterRole" && doc["kind"] != "Role" {
         return false;
     }
+    // Rules without apiGroups or resources (nonResourceURLs) grant no node
+    // subresource.
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
     doc["rules"].as_array().into_iter().flatten().any(|rule| {
-        let core = strings(&rule["apiGroups"])
+        let core = list(&rule["apiGroups"])
             .iter()
-            .any(|g| g.is_empty() || *g == "*");
-        core && strings(&rule["resources"])
+            .any(|g| g.is_empty() || g == "*");
+        core && list(&rule["resources"])
             .iter()
-            .any(|r| ["nodes/proxy", "nodes/*", "*"].contains(r))
+            .any(|r| ["nodes/proxy", "nodes/*", "*"].contains(&r.as_str()))
     })
 }
 
@@ -768,6 +777,14 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn nothing_outside_the_legacy_overlay_grants_nodes_proxy() {
     // `get` on nodes/proxy lets its holder exec into every container on every
     // node; the daemon needs only the kubelet's GET /pods (nodes/pods).
+    // The check sees a wildcard too, and no grant where there is none.
+    let role = |resources: &[&str]| {
+        serde_json::json!({"kind": "ClusterRole",
+            "rules": [{"apiGroups": [""], "resources": resources, "verbs": ["get"]}]})
+    };
+    assert!(grants_nodes_proxy(&role(&["*"])) && grants_nodes_proxy(&role(&["nodes/*"])));
+    assert!(!grants_nodes_proxy(&role(&["nodes/pods"])));
+
     let legacy = daemonset_dir().join(LEGACY_OVERLAY);
     let mut files = Vec::new();
     yaml_files(&daemonset_dir(), &mut files);
