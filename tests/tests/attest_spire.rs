@@ -73,8 +73,10 @@ fn peer_corpus_present(test: &str) -> bool {
         !ci && !asked,
         "{test}: {why} (required when CI=true or JSS_PEER_CORPUS is set)"
     );
-    // Straight to the file descriptor: libtest captures only print!/eprint!.
-    let _ = writeln!(std::io::stderr(), "NOT RUN: attest_spire::{test}: {why}");
+    // Straight to the file descriptor (libtest captures only print!/eprint!),
+    // as one write so that it does not interleave with other tests' lines.
+    let line = format!("NOT RUN: attest_spire::{test}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
     false
 }
 
