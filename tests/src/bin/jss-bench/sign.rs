@@ -88,10 +88,15 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
     let (sw, _d1) = open(SignerKind::Software, "", PcrSelection::none())?;
     let software = rate(sw.as_ref(), dur)?;
     let tpm = Swtpm::start();
-    let (hw, _d2) = open(SignerKind::Tpm, &tpm.tcti(), PcrSelection::none())?;
-    let tpm_rate = rate(hw.as_ref(), dur)?;
-    let (bound, _d3) = open(SignerKind::Tpm, &tpm.tcti(), PcrSelection::secure_boot())?;
-    let pcr_rate = rate(bound.as_ref(), dur)?;
+    // One TPM-held key at a time: swtpm has three object slots.
+    let tpm_rate = {
+        let (hw, _d2) = open(SignerKind::Tpm, &tpm.tcti(), PcrSelection::none())?;
+        rate(hw.as_ref(), dur)?
+    };
+    let pcr_rate = {
+        let (bound, _d3) = open(SignerKind::Tpm, &tpm.tcti(), PcrSelection::secure_boot())?;
+        rate(bound.as_ref(), dur)?
+    };
     let unbound_cmds = commands_per_sign(&tpm, PcrSelection::none())?;
     let pcr_cmds = commands_per_sign(&tpm, PcrSelection::secure_boot())?;
     let openssl = openssl_rate(seconds)?;
