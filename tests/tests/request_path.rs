@@ -14,7 +14,7 @@ use std::time::Duration;
 use jss::attest::{AttestError, Peer, PeerProcess, Unattested};
 use jss::kubelet::{KubeletError, LookupError, PodList, StaticPods};
 use jss::server::{App, Code};
-use jss::signer::{self, KeyPolicy, SignerConfig};
+use jss::signer::{self, KeyPolicy, SignerConfig, SignerError};
 use jss_tests::ca::TestCa;
 use jss_tests::kubelet::{PodBuilder, pod_list};
 use jss_tests::pods::random_pod_uid;
@@ -75,7 +75,7 @@ async fn every_refusal_is_counted_and_audited_once() {
         (Code::KubeletMalformed, failing(|| kubelet(KubeletError::Malformed { url: "https://kubelet".into(), source: PodList::parse(b"[").unwrap_err() })), get_token.clone(), pid),
         (Code::DuplicateContainerId, failing(|| LookupError::Duplicate { container_id: "c".into(), pods: vec!["a/b".into(), "c/d".into()] }), get_token.clone(), pid),
         (Code::Timeout, node.app("[limits]\nrequest_timeout_ms = 300\n", Arc::clone(&node.signer), Arc::new(Answer::Never)), get_token.clone(), pid),
-        (Code::SignerUnavailable, node.app(body_deadline, Arc::new(GatedSigner { inner: Arc::clone(&node.signer), gate: None, fail: true }), Arc::new(StaticPods::new(PodList::parse(ok_pods.to_string().as_bytes()).unwrap()))), get_token.clone(), pid),
+        (Code::SignerUnavailable, node.app(body_deadline, Arc::new(GatedSigner { inner: Arc::clone(&node.signer), gate: None, fail: Some(|| SignerError::TpmAnswer { op: "sign", what: "an answer the test made up" }) }), Arc::new(StaticPods::new(PodList::parse(ok_pods.to_string().as_bytes()).unwrap()))), get_token.clone(), pid),
     ];
     // Refused at accept: the kernel named no process.
     cases.push((
@@ -103,7 +103,7 @@ async fn every_refusal_is_counted_and_audited_once() {
             "{code}: {text}"
         );
         assert_eq!(
-            text.contains("retry-after: ") || text.contains("Retry-After: "),
+            text.contains("retry-after: 1\r\n"),
             code.status() == 503,
             "{code}: {text}"
         );
@@ -221,7 +221,7 @@ async fn overload_is_503_and_the_queued_request_completes() {
             entered: Mutex::new(entered_tx),
             release: Mutex::new(release_rx),
         }),
-        fail: false,
+        fail: None,
     };
     let list = PodList::parse(node.pods(node.running()).to_string().as_bytes()).unwrap();
     let app = node.app(
@@ -296,6 +296,7 @@ async fn reload_swaps_the_chain_and_empties_the_cache() {
             kind: signer::SignerKind::Software,
             tcti: String::new(),
             state_dir: other_dir.path().to_path_buf(),
+            pcrs: None,
         },
         KeyPolicy::CreateIfMissing,
     )
@@ -305,4 +306,30 @@ async fn reload_swaps_the_chain_and_empties_the_cache() {
     assert!(app.reload_chain().is_err());
     let kept = body(&get(&app, this_process(&proc_root), "/v1/bundle").await.1).to_string();
     assert_eq!(kept, new_bundle);
+}
+
+/// A key the TPM will never use again (boot state changed): 503
+/// `signer_unavailable` saying what to do, and no Retry-After, since asking
+/// again cannot help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_that_cannot_recover_gets_no_retry_after() {
+    let node = Node::new();
+    let proc_root = node.dir.path().join("proc");
+    let refusing = GatedSigner {
+        inner: Arc::clone(&node.signer),
+        gate: None,
+        fail: Some(|| SignerError::PcrMismatch {
+            pcrs: "sha256:7".into(),
+        }),
+    };
+    let list = PodList::parse(node.pods(node.running()).to_string().as_bytes()).unwrap();
+    let app = node.app("", Arc::new(refusing), Arc::new(StaticPods::new(list)));
+    let (status, text) = get(&app, this_process(&proc_root), "/v1/token").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("signer_unavailable") && text.contains("--rotate"),
+        "{text}"
+    );
+    assert!(!text.to_ascii_lowercase().contains("retry-after"), "{text}");
+    assert_eq!(denials(&app), vec![("signer_unavailable".to_string(), 1)]);
 }

@@ -12,7 +12,6 @@ pub mod cgroup;
 mod connection;
 mod error;
 mod locate;
-pub mod mountinfo;
 mod peer;
 pub mod proc_stat;
 mod workload;
@@ -22,7 +21,7 @@ use std::sync::Arc;
 
 pub use connection::{Peer, Unattested};
 pub use error::AttestError;
-pub use locate::{Location, Source, locate};
+pub use locate::{Location, locate};
 pub use peer::{PeerProcess, ReuseGuard, guard_supported};
 pub use workload::{ContainerImage, ContainerKind, OwnerReference, Workload};
 
@@ -91,7 +90,6 @@ impl Attestor {
             namespace = %workload.namespace,
             pod = %workload.pod_name,
             container = %workload.container_name,
-            source = ?loc.source,
             "attested"
         );
         Ok(workload)

@@ -117,10 +117,13 @@ impl App {
             self.metrics.signer_errors.inc();
             match e {
                 SignerError::JobFailed { .. } => Refusal::new(Code::Internal, e.to_string()),
+                // Retry-After only where asking again can help (the TPM went
+                // away), not for a key that will never sign (a PCR mismatch).
                 _ => Refusal::new(
                     Code::SignerUnavailable,
                     format!("cannot sign the token: {e}"),
-                ),
+                )
+                .retry_after(e.is_transient().then_some(1)),
             }
         })
     }

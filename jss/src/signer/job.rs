@@ -58,6 +58,7 @@ mod tests {
             kind: SignerKind::Software,
             tcti: String::new(),
             state_dir: dir.path().to_path_buf(),
+            pcrs: None,
         };
         let key = open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0;
         let rt = tokio::runtime::Builder::new_current_thread()

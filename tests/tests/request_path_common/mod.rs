@@ -42,6 +42,7 @@ impl Node {
                 kind: signer::SignerKind::Software,
                 tcti: String::new(),
                 state_dir: state.clone(),
+                pcrs: None,
             },
             KeyPolicy::CreateIfMissing,
         )
@@ -228,7 +229,8 @@ pub struct Gate {
 pub struct GatedSigner {
     pub inner: Arc<dyn Signer>,
     pub gate: Option<Gate>,
-    pub fail: bool,
+    /// The error every signature fails with, if any.
+    pub fail: Option<fn() -> SignerError>,
 }
 
 impl Signer for GatedSigner {
@@ -243,8 +245,8 @@ impl Signer for GatedSigner {
         self.inner.public_key()
     }
     fn sign(&self, input: &[u8]) -> Result<[u8; 64], SignerError> {
-        if self.fail {
-            return Err(SignerError::Software("refused by the test".into()));
+        if let Some(fail) = self.fail {
+            return Err(fail());
         }
         if let Some(g) = &self.gate {
             g.entered.lock().unwrap().send(()).unwrap();
