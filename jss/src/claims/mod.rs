@@ -19,12 +19,16 @@ use crate::attest::{ContainerKind, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimsError {
-    #[error("cannot read the machine ID from {path}: {source}")]
+    #[error(
+        "cannot read the machine ID from {path}: {source}; set machine_id_path to the node's /etc/machine-id"
+    )]
     MachineId {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("machine ID in {path} is empty or not 32 hex digits")]
+    #[error(
+        "machine ID in {path} is empty or not 32 hex digits; machine_id_path must name the node's /etc/machine-id (systemd-machine-id-setup writes one)"
+    )]
     BadMachineId { path: std::path::PathBuf },
     #[error("the random number generator failed while making a token ID")]
     Random,

@@ -227,3 +227,45 @@ async fn gives_up_after_the_window() {
     assert_eq!(e.code(), "kubelet_bad_status");
     assert!(src.stats().fetch_errors >= 2);
 }
+
+/// A refusal that asking again cannot change says so and names whose fault
+/// it is; it never tells the caller to retry.
+#[test]
+fn permanent_refusals_do_not_suggest_a_retry() {
+    let permanent = [
+        LookupError::NotRunning {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "app".into(),
+            state: "terminated",
+        },
+        LookupError::Duplicate {
+            container_id: ID.into(),
+            pods: vec!["ns/a (1)".into(), "ns/b (2)".into()],
+        },
+        LookupError::PodMismatch {
+            container_id: ID.into(),
+            cgroup_pod: "1".into(),
+            kubelet_pod: "ns/b (2)".into(),
+        },
+        LookupError::Kubelet(Arc::new(KubeletError::Malformed {
+            url: "https://node:10250/pods".into(),
+            source: PodList::parse(b"[]").unwrap_err(),
+        })),
+    ];
+    for e in permanent {
+        let m = e.to_string().to_lowercase();
+        assert!(!m.contains("retry") && !m.contains("again"), "{m}");
+    }
+    let waiting = LookupError::NotRunning {
+        namespace: "ns".into(),
+        pod: "p".into(),
+        container: "app".into(),
+        state: "waiting",
+    };
+    assert!(
+        waiting
+            .to_string()
+            .contains("once it reports the container running")
+    );
+}
