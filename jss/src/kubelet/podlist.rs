@@ -110,6 +110,8 @@ struct Skips {
     not_a_pod: usize,
     no_uid: usize,
     no_name: usize,
+    /// `namespace/name` of the first pod skipped for a missing field.
+    first: Option<String>,
 }
 
 impl PodList {
@@ -119,8 +121,8 @@ impl PodList {
     /// warning per list); a body that is not such an object is an error.
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
         // The common case in one pass; only a list with an item that is not
-        // a pod object is parsed again, item by item.
-        // `Some(None)` is a `null` item, `None` one that is not a pod object.
+        // a pod object is parsed again, item by item. `Some(None)` is a
+        // `null` item, `None` one that is not a pod object.
         let items: Vec<Option<Option<RawPod>>> =
             match serde_json::from_slice::<RawList<Option<RawPod>>>(body) {
                 Ok(raw) => raw.items.into_iter().map(Some).collect(),
@@ -144,14 +146,19 @@ impl PodList {
                     continue;
                 }
             };
-            let Some(uid) = p.metadata.uid.take().filter(|u| !u.is_empty()) else {
-                skips.no_uid += 1;
+            let uid = p.metadata.uid.take().filter(|u| !u.is_empty());
+            let named = !p.metadata.name.is_empty() && !p.metadata.namespace.is_empty();
+            let Some(uid) = uid.filter(|_| named) else {
+                if named {
+                    skips.no_uid += 1;
+                } else {
+                    skips.no_name += 1;
+                }
+                skips
+                    .first
+                    .get_or_insert_with(|| format!("{}/{}", p.metadata.namespace, p.metadata.name));
                 continue;
             };
-            if p.metadata.name.is_empty() || p.metadata.namespace.is_empty() {
-                skips.no_name += 1;
-                continue;
-            }
             list.pods.push(Arc::new(p.into_pod(uid)));
         }
         list.skipped = skips.null + skips.not_a_pod + skips.no_uid + skips.no_name;
@@ -163,6 +170,7 @@ impl PodList {
                 no_uid = skips.no_uid,
                 no_name_or_namespace = skips.no_name,
                 pods = list.pods.len(),
+                first = skips.first.as_deref().unwrap_or(""),
                 "kubelet pod list holds items that are not pods with a UID, name and namespace; skipped them (jss_kubelet_pods_skipped_total)"
             );
         }
@@ -172,33 +180,36 @@ impl PodList {
 
 impl RawPod {
     fn into_pod(self, uid: String) -> Pod {
-        let p = self;
+        let RawPod {
+            metadata,
+            spec,
+            status,
+        } = self;
         let mut statuses = Vec::new();
         for (kind, v) in [
-            (ContainerKind::Container, p.status.container_statuses),
-            (ContainerKind::Init, p.status.init_container_statuses),
+            (ContainerKind::Container, status.container_statuses),
+            (ContainerKind::Init, status.init_container_statuses),
             (
                 ContainerKind::Ephemeral,
-                p.status.ephemeral_container_statuses,
+                status.ephemeral_container_statuses,
             ),
         ] {
             statuses.extend(v.into_iter().map(|s| s.into_status(kind)));
         }
         Pod {
             uid,
-            name: p.metadata.name,
-            namespace: p.metadata.namespace,
-            labels: Arc::new(p.metadata.labels),
-            owner_references: p.metadata.owner_references.into(),
-            node_name: p.spec.node_name,
-            service_account: p
-                .spec
+            name: metadata.name,
+            namespace: metadata.namespace,
+            labels: Arc::new(metadata.labels),
+            owner_references: metadata.owner_references.into(),
+            node_name: spec.node_name,
+            service_account: spec
                 .service_account_name
-                .or(p.spec.service_account)
+                .or(spec.service_account)
                 .unwrap_or_default(),
-            containers: p.spec.containers,
-            init_containers: p.spec.init_containers,
-            ephemeral_containers: p.spec.ephemeral_containers,
+            containers: spec.containers,
+            init_containers: spec.init_containers,
+            ephemeral_containers: spec.ephemeral_containers,
             statuses,
         }
     }
