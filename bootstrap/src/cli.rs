@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use jss::signer::{self, KeyPolicy, SignerConfig, SignerKind};
+use jss::signer::{self, KeyPolicy, PcrSelection, SignerConfig, SignerKind};
 
 use crate::Error;
 use crate::cluster::{self, ClusterSpec};
@@ -74,6 +74,11 @@ pub struct KeyArgs {
     /// TPM connection: device:/dev/tpmrm0, swtpm:host=H,port=P or tabrmd.
     #[arg(long, env = "JSS_TCTI", default_value = signer::DEFAULT_TCTI)]
     pub tcti: String,
+    /// PCRs (SHA-256 bank) a new TPM key is bound to: e.g. 7 or 0,7, or
+    /// none. Default 7 (Secure Boot state) for a TPM key; a software key
+    /// cannot be bound. An existing key keeps its binding.
+    #[arg(long)]
+    pub pcrs: Option<PcrSelection>,
 }
 
 impl KeyArgs {
@@ -82,6 +87,7 @@ impl KeyArgs {
             kind: self.signer,
             tcti: self.tcti.clone(),
             state_dir: self.state_dir.clone(),
+            pcrs: self.pcrs.clone(),
         }
     }
 }

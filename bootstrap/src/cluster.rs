@@ -13,7 +13,7 @@ use vaultrs::sys;
 
 use crate::policy::{self, TI_DEMO_ALL, TI_DEMO_RI};
 use crate::register::{self, RegisterError, Target};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultError, absent_as_none};
 use crate::{pki, policy::MAPPED_CLAIMS};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +80,8 @@ pub async fn init(
 ) -> Result<Vec<Step>, ClusterError> {
     let mut steps = Vec::new();
     let mounts = v
-        .retry(|| async {
+        .call("list secret mounts", "sys/mounts", || {
             sys::mount::list(v.client())
-                .await
-                .map_err(|e| v.classify(e, "list secret mounts", "sys/mounts"))
         })
         .await?;
 
@@ -163,14 +161,12 @@ pub async fn init(
 
     // Role, always in full: a partial write would reset omitted fields.
     let role_path = format!("auth/{}/role/{}", spec.mount, spec.role);
-    let current = match v
-        .raw(&format!("read {role_path}"), Method::GET, &role_path, None)
-        .await
-    {
-        Ok(body) => body.and_then(|mut b| b.get_mut("data").map(Value::take)),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-    };
+    let current = absent_as_none(
+        v.raw(&format!("read {role_path}"), Method::GET, &role_path, None)
+            .await,
+    )?
+    .flatten()
+    .and_then(|mut b| b.get_mut("data").map(Value::take));
     let outcome = match &current {
         Some(cur) if role_matches(cur, spec) => "found",
         Some(_) => "updated",
@@ -191,17 +187,13 @@ pub async fn init(
     // Templated policies, one block per cluster mount accessor.
     for name in [TI_DEMO_ALL, TI_DEMO_RI] {
         let path = format!("sys/policy/{name}");
-        let current = v
-            .retry(|| async {
-                match sys::policy::read(v.client(), name).await {
-                    Ok(p) => Ok(Some(p.rules)),
-                    Err(e) => match v.classify(e, "read a policy", &path) {
-                        e if e.is_not_found() => Ok(None),
-                        e => Err(e),
-                    },
-                }
+        let current = absent_as_none(
+            v.call("read a policy", &path, || {
+                sys::policy::read(v.client(), name)
             })
-            .await?;
+            .await,
+        )?
+        .map(|p| p.rules);
         let text = policy::merge(
             current.as_deref().unwrap_or(""),
             name,
@@ -214,10 +206,8 @@ pub async fn init(
             None => "created",
         };
         if outcome != "found" {
-            v.retry(|| async {
+            v.call("write a policy", &path, || {
                 sys::policy::set(v.client(), name, &text)
-                    .await
-                    .map_err(|e| v.classify(e, "write a policy", &path))
             })
             .await?;
         }
@@ -238,7 +228,7 @@ async fn enable_engine(
     config: Option<EnableEngineDataConfig>,
 ) -> Result<(), VaultError> {
     let api_path = format!("sys/mounts/{path}");
-    v.retry(|| async {
+    v.call("enable a secrets engine", &api_path, || async {
         let mut b = EnableEngineRequest::builder();
         if let Some(o) = &options {
             b.options(o.clone());
@@ -246,9 +236,7 @@ async fn enable_engine(
         if let Some(c) = &config {
             b.config(c.clone());
         }
-        sys::mount::enable(v.client(), path, kind, Some(&mut b))
-            .await
-            .map_err(|e| v.classify(e, "enable a secrets engine", &api_path))
+        sys::mount::enable(v.client(), path, kind, Some(&mut b)).await
     })
     .await
 }
@@ -259,13 +247,10 @@ async fn ensure_auth_mount(
     spec: &ClusterSpec,
     steps: &mut Vec<Step>,
 ) -> Result<String, ClusterError> {
-    let list = || async {
-        v.retry(|| async {
+    let list = || {
+        v.call("list auth mounts", "sys/auth", || {
             sys::auth::list(v.client())
-                .await
-                .map_err(|e| v.classify(e, "list auth mounts", "sys/auth"))
         })
-        .await
     };
     let key = format!("{}/", spec.mount);
     if let Some(m) = list().await?.get(&key) {
@@ -281,10 +266,8 @@ async fn ensure_auth_mount(
         return Ok(m.accessor.clone());
     }
     let api_path = format!("sys/auth/{}", spec.mount);
-    v.retry(|| async {
+    v.call("enable the JWT auth mount", &api_path, || {
         sys::auth::enable(v.client(), &spec.mount, "jwt", None)
-            .await
-            .map_err(|e| v.classify(e, "enable the JWT auth mount", &api_path))
     })
     .await?;
     let accessor = list()
@@ -312,7 +295,7 @@ async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<()
         ("cluster-name".to_string(), spec.cluster.clone()),
         ("cluster-region".to_string(), spec.region.clone()),
     ]);
-    v.retry(|| async {
+    v.call("write the role", role_path, || async {
         let mut b = SetRoleRequest::builder();
         b.role_type("jwt")
             .bound_audiences(vec![spec.audience.clone()])
@@ -336,7 +319,6 @@ async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<()
             Some(&mut b),
         )
         .await
-        .map_err(|e| v.classify(e, "write the role", role_path))
     })
     .await
 }

@@ -1,7 +1,7 @@
 //! `jss-bootstrap`: what the cluster installer runs. It sets up Vault for a
 //! cluster (`cluster init`) and enrols nodes: node key, CSR signed by that key,
 //! Vault PKI signature, `chain.pem`, and the key registered in the cluster's
-//! JWT auth mount (DESIGN.md, "Vault layout").
+//! JWT auth mount (docs/design.md, "Vault layout").
 //!
 //! The binary is a thin `main`; the library lets the integration tests run
 //! the very same commands in-process.

@@ -3,7 +3,7 @@
 //! printed when Vault answers 403.
 
 /// The claims every role maps into entity-alias metadata: anything a
-/// policy may template on (DESIGN.md, "Token format"), as the daemon names them.
+/// policy may template on (docs/design.md, "Token format"), as the daemon names them.
 pub const MAPPED_CLAIMS: &[&str] = jss::claims::WORKLOAD_CLAIMS;
 
 /// Names of the templated policies, as in TSI.

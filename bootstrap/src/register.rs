@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::lock::{self, LockError, LockSpec};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultError, absent_as_none};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -100,11 +100,7 @@ pub fn placeholder_key() -> NodePublicKey {
 pub async fn read_config(v: &Vault, mount: &str) -> Result<Option<MountConfig>, VaultError> {
     let path = format!("auth/{mount}/config");
     let what = format!("read {path}");
-    let body = match v.raw(&what, Method::GET, &path, None).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let body = absent_as_none(v.raw(&what, Method::GET, &path, None).await)?.flatten();
     let Some(Value::Object(fields)) = body.and_then(|mut b| b.get_mut("data").map(Value::take))
     else {
         return Ok(None);

@@ -17,27 +17,18 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use jss::attest::{Workload, cgroup, mountinfo, proc_stat};
+use jss::attest::{Workload, cgroup, proc_stat};
 use jss::claims::{ClaimsBuilder, NodeFacts};
 use jss::kubelet::{ContainerKind, ImageDigests, PodList, PodQuery, PodSource as _, StaticPods};
 use jss::signer::NodePublicKey;
 
 /// Every target, as named under `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: &[&str] = &[
-    "cgroup",
-    "mountinfo",
-    "proc_stat",
-    "podlist",
-    "http",
-    "chain",
-    "csr",
-];
+pub const TARGETS: &[&str] = &["cgroup", "proc_stat", "podlist", "http", "chain", "csr"];
 
 /// Runs `data` through the target called `name`.
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "cgroup" => cgroup(data),
-        "mountinfo" => mountinfo(data),
         "proc_stat" => proc_stat(data),
         "podlist" => podlist(data),
         "http" => http(data),
@@ -75,15 +66,6 @@ fn check_match(m: Option<cgroup::PathMatch>) {
         Some(cgroup::PodRef::Uid(u)) => assert_eq!(u.len(), 36, "{m:?}"),
         Some(cgroup::PodRef::ConfigHash(h)) => assert_eq!(h.len(), 32, "{m:?}"),
         None => {}
-    }
-}
-
-/// `/proc/<pid>/mountinfo`: cgroup mount roots, and the fallback match.
-pub fn mountinfo(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    let _ = mountinfo::cgroup_roots(&text);
-    if let Ok(m) = mountinfo::parse_file(&text) {
-        check_match(m);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::attest::cgroup::PodRef;
-use crate::attest::{AttestError, Attestor, PeerProcess, Source, Workload, locate};
+use crate::attest::{AttestError, Attestor, PeerProcess, Workload, locate};
 use crate::config::{Config, ConfigError};
 use crate::kubelet::{KubeletError, KubeletPods, PodSource, StaticPods};
 
@@ -49,7 +49,6 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub static_pod_hash: Option<String>,
     pub container_id: String,
-    pub source: Source,
     pub cgroup: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
@@ -93,7 +92,6 @@ pub fn run(args: &InspectArgs) -> Result<Report, InspectError> {
             _ => None,
         },
         container_id: loc.container_id,
-        source: loc.source,
         cgroup: loc.cgroup,
         workload,
     })

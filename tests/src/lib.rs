@@ -12,3 +12,4 @@ pub mod net;
 pub mod node;
 pub mod pods;
 pub mod swtpm;
+pub mod tpm_proxy;

@@ -56,6 +56,9 @@ impl Node {
                 kind,
                 tcti: tcti.clone(),
                 state_dir: state.clone(),
+                // Unbound: TPM figures and tests compare like with like; the
+                // PCR-bound path has its own tests (signer_contract, pcr).
+                pcrs: Some(jss::signer::PcrSelection::none()),
             },
             KeyPolicy::CreateIfMissing,
         )

@@ -1,6 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 //! Conformance with SPIRE's k8s workload attestor, using its fixtures and the
-//! expectations transcribed in `../shared/corpus/spire/` (Apache-2.0).
+//! expectations transcribed from its tests (Apache-2.0).
+//!
+//! The parser and "still starting" tests use the copies in
+//! `tests/fixtures/spire/` (provenance in its SOURCE.md). The conformance
+//! tests against SPIRE's whole table of expected results need the peer
+//! corpus, which is not in this repository: `JSS_PEER_CORPUS`, or
+//! `../shared/corpus/spire` beside the workspace. Without it they fail when
+//! `CI=true` (or when `JSS_PEER_CORPUS` names a directory that lacks it) and
+//! otherwise print that they did not run.
 //!
 //! Where we differ on purpose:
 //! * We follow SPIRE's new container locator, not its legacy regex: a path
@@ -13,25 +21,63 @@
 //! * SPIRE does not search `ephemeralContainerStatuses`; we do, so a debug
 //!   container gets its own identity (covered by attest_kubelet.rs).
 //! * CRI-O's `crio-conmon-<id>.scope` is not a container for us.
+//! * `/proc/<pid>/mountinfo` never names a workload: any user can make a
+//!   mount namespace and bind-mount a pod's cgroup directory. SPIRE's
+//!   mountinfo-only cases are refused (`not_in_pod`); SPIRE has since
+//!   removed that fallback too (see `containerinfo_trees`).
 //! * The container must be running: SPIRE attests a terminated init
 //!   container from a stale list; we refuse it (container_not_running).
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use jss::attest::cgroup::{self, PodRef};
-use jss::attest::{Workload, mountinfo, proc_stat};
+use jss::attest::{Workload, proc_stat};
 use jss::kubelet::{PodList, PodQuery, PodSource, StaticPods};
 use serde_json::Value;
 
+/// SPIRE's test data copied into this repository.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/spire")
+}
+
+/// The peer corpus: `$JSS_PEER_CORPUS`, else `../shared/corpus/spire`
+/// relative to the workspace root.
 fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/spire");
-    assert!(
-        p.join("cgroup_cases.json").exists(),
-        "the SPIRE corpus is missing at {}",
-        p.display()
+    match std::env::var_os("JSS_PEER_CORPUS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new(".."))
+            .join("../shared/corpus/spire"),
+    }
+}
+
+/// Whether the conformance test `test` can run. A missing corpus fails it
+/// when `CI=true` or `JSS_PEER_CORPUS` is set; otherwise it says so on the
+/// terminal (past the test harness's output capture) and does not run.
+fn peer_corpus_present(test: &str) -> bool {
+    let dir = corpus();
+    if dir.join("cgroup_cases.json").is_file() {
+        return true;
+    }
+    let why = format!(
+        "the SPIRE peer corpus is not at {} (no cgroup_cases.json); set JSS_PEER_CORPUS \
+         to a copy of it",
+        dir.display()
     );
-    p
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let asked = std::env::var_os("JSS_PEER_CORPUS").is_some();
+    assert!(
+        !ci && !asked,
+        "{test}: {why} (required when CI=true or JSS_PEER_CORPUS is set)"
+    );
+    // Straight to the file descriptor (libtest captures only print!/eprint!),
+    // as one write so that it does not interleave with other tests' lines.
+    let line = format!("NOT RUN: attest_spire::{test}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
 }
 
 fn cases() -> Vec<Value> {
@@ -61,6 +107,9 @@ fn as_spire(m: Option<cgroup::PathMatch>) -> (String, String) {
 
 #[test]
 fn single_paths() {
+    if !peer_corpus_present("single_paths") {
+        return;
+    }
     let mut n = 0;
     for c in cases().iter().filter(|c| c["kind"] == "single_cgroup_path") {
         let input = c["input"].as_str().unwrap();
@@ -84,6 +133,9 @@ fn single_paths() {
 
 #[test]
 fn lists_of_paths() {
+    if !peer_corpus_present("lists_of_paths") {
+        return;
+    }
     let mut n = 0;
     for c in cases()
         .iter()
@@ -143,6 +195,9 @@ fn selectors(w: &Workload) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn proc_cgroup_files_against_pod_lists() {
+    if !peer_corpus_present("proc_cgroup_files_against_pod_lists") {
+        return;
+    }
     let root = corpus();
     let sel: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("expected_selectors.json")).unwrap(),
@@ -226,7 +281,7 @@ async fn proc_cgroup_files_against_pod_lists() {
 
 #[tokio::test]
 async fn a_container_still_starting_is_not_found() {
-    let root = corpus().join("agent/plugin/workloadattestor/k8s/testdata");
+    let root = fixtures().join("agent/plugin/workloadattestor/k8s/testdata");
     let pods = StaticPods::from_file(&root.join("pod_list_not_running.json")).unwrap();
     let q = PodQuery {
         pod_uid: Some("2c48913c-b29f-11e7-9350-020968147796".into()),
@@ -235,10 +290,35 @@ async fn a_container_still_starting_is_not_found() {
     assert_eq!(pods.find(&q).await.unwrap_err().code(), "pod_not_found");
 }
 
+/// SPIRE's `/proc/123` trees. JSS reads only the cgroup file, so where
+/// SPIRE took the pod from the mount table (its old fallback, since removed
+/// upstream as forgeable) JSS refuses the caller as not in a pod.
+/// SPIRE's cases decided by the mount table alone (a pod or container named,
+/// or a conflict found, in mountinfo): JSS refuses each as `not_in_pod`.
+const SUPERSEDED_MOUNTINFO_CASES: &[&str] = &[
+    "containerinfo/container_only/docker/cgroup-mount-at-slash/v1",
+    "containerinfo/container_only/docker/cgroup-mount-at-slash/v2",
+    "containerinfo/container_only/docker/container-id-conflict",
+    "containerinfo/container_only/docker/tmpfs-empty-source",
+    "containerinfo/container_only/docker/v1",
+    "containerinfo/container_only/docker/v2",
+    "containerinfo/container_only/other/mountinfo-fallback",
+    "containerinfo/pod+container/k8s/container-id-conflict",
+    "containerinfo/pod+container/k8s/pod-uid-conflict",
+    "containerinfo/pod+container/k8s/pod-uid-override",
+    "containerinfo/pod+container/k8s/v1",
+    "containerinfo/pod+container/k8s/v2",
+    "containerinfo/pod+container/other/mountinfo-fallback",
+];
+
 #[test]
 fn containerinfo_trees() {
-    let mut n = 0;
-    for c in cases()
+    if !peer_corpus_present("containerinfo_trees") {
+        return;
+    }
+    let (mut n, mut superseded) = (0, Vec::new());
+    let cases = cases();
+    for c in cases
         .iter()
         .filter(|c| c["kind"] == "root_dir_with_proc_123")
     {
@@ -247,55 +327,71 @@ fn containerinfo_trees() {
         let dir = corpus()
             .join(c["input_dir"].as_str().unwrap())
             .join("proc/123");
-        if !dir.exists() {
+        // Many trees hold only a mount table. A live process always has a
+        // cgroup file: stage the one a host process has (`0::/`, no pod)
+        // next to the tree's mountinfo, so the mount table is put to the test.
+        let staged = tempfile::tempdir().unwrap();
+        let dir = if dir.join("cgroup").exists() {
+            dir
+        } else if dir.exists() {
+            let d = staged.path().join("123");
+            std::fs::create_dir(&d).unwrap();
+            std::fs::copy(dir.join("mountinfo"), d.join("mountinfo")).unwrap();
+            std::fs::write(d.join("cgroup"), "0::/\n").unwrap();
+            d
+        } else {
             // Differs on purpose: our peer's /proc entry vanished → process gone.
-            let e = jss::attest::locate(&corpus().join("no-such-dir"), 123).unwrap_err();
+            let e = jss::attest::locate(&dir, 123).unwrap_err();
             assert_eq!(e.code(), "process_gone", "{id}");
             n += 1;
             continue;
-        }
-        // Same order as locate(): the cgroup file, then (only if it names no
-        // container) the mount table. Some trees have no cgroup file.
-        let cg = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-        let got = match cgroup::parse_file(&cg) {
-            Ok(Some(m)) => Ok(Some(m)),
-            Ok(None) => {
-                mountinfo::parse_file(&std::fs::read_to_string(dir.join("mountinfo")).unwrap())
-            }
-            Err(e) => Err(e),
         };
-        if dir.join("cgroup").exists() {
-            // The product path agrees.
-            let loc = jss::attest::locate(dir.parent().unwrap(), 123);
-            assert_eq!(
-                loc.as_ref().ok().map(|l| l.container_id.clone()),
-                got.as_ref()
-                    .ok()
-                    .and_then(|m| m.as_ref().map(|m| m.container_id.clone())),
-                "{id}"
-            );
-        }
-        match want.get("error_contains") {
-            Some(msg) => {
-                let e = got.unwrap_err().to_string();
-                assert!(e.contains(msg.as_str().unwrap()), "{id}: {e}");
+        let cg = std::fs::read_to_string(dir.join("cgroup")).unwrap();
+        let from_cgroup = cgroup::parse_file(&cg);
+        let got = jss::attest::locate(dir.parent().unwrap(), 123);
+        match (want.get("error_contains"), from_cgroup) {
+            (Some(msg), Err(e)) => {
+                assert!(e.to_string().contains(msg.as_str().unwrap()), "{id}: {e}");
+                assert_eq!(got.unwrap_err().code(), "cgroup_conflict", "{id}");
             }
-            None => {
-                let (pod, cid) = as_spire(got.unwrap());
+            (Some(_), Ok(m)) => {
+                // SPIRE's conflict was between mount roots: never read here.
+                superseded.push(id.as_str().unwrap());
+                match m {
+                    Some(m) => assert_eq!(got.unwrap().container_id, m.container_id, "{id}"),
+                    None => assert_eq!(got.unwrap_err().code(), "not_in_pod", "{id}"),
+                }
+            }
+            (None, Ok(Some(m))) => {
+                let (pod, cid) = as_spire(Some(m));
                 assert_eq!(cid, str_or_empty(&want["container_id"]), "{id}");
                 if c["mode"] == "pod+container" {
                     assert_eq!(pod, str_or_empty(&want["pod_uid"]), "{id}");
                 }
+                assert_eq!(got.unwrap().container_id, cid, "{id}");
             }
+            (None, Ok(None)) => {
+                if !str_or_empty(&want["container_id"]).is_empty() {
+                    // SPIRE named a container from mountinfo alone: refused.
+                    superseded.push(id.as_str().unwrap());
+                }
+                assert_eq!(got.unwrap_err().code(), "not_in_pod", "{id}");
+            }
+            (None, Err(e)) => panic!("{id}: SPIRE expects a match, the cgroup file conflicts: {e}"),
         }
         n += 1;
     }
     assert_eq!(n, 23);
+    superseded.sort_unstable();
+    assert_eq!(
+        superseded, SUPERSEDED_MOUNTINFO_CASES,
+        "mountinfo-only cases"
+    );
 }
 
 #[test]
 fn cgroup_line_parser() {
-    let d = corpus().join("derived/cgroups_parser");
+    let d = fixtures().join("derived/cgroups_parser");
     let simple = std::fs::read_to_string(d.join("simple.txt")).unwrap();
     let lines: Vec<_> = simple
         .lines()
@@ -324,7 +420,7 @@ fn cgroup_line_parser() {
 
 #[test]
 fn kubelet_pod_list_parser() {
-    let d = corpus().join("derived/kubelet_podlist_parse");
+    let d = fixtures().join("derived/kubelet_podlist_parse");
     let parse = |f: &str| PodList::parse(&std::fs::read(d.join(f)).unwrap());
     // SPIRE keeps these UID-only pods; JSS also skips a pod without a name
     // or namespace (an empty namespace claim would be shared by every such
@@ -350,7 +446,7 @@ fn kubelet_pod_list_parser() {
 
 #[test]
 fn proc_stat_parser() {
-    let d = corpus().join("derived/proc_stat");
+    let d = fixtures().join("derived/proc_stat");
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     assert_eq!(proc_stat::start_time(&read("simple_comm.stat")), Ok(24));
     assert_eq!(proc_stat::start_time(&read("comm_with_space.stat")), Ok(24));

@@ -166,11 +166,6 @@ fn replay_cgroup() {
 }
 
 #[test]
-fn replay_mountinfo() {
-    assert!(replay("mountinfo") > 0);
-}
-
-#[test]
 fn replay_proc_stat() {
     assert!(replay("proc_stat") > 0);
 }

@@ -211,3 +211,81 @@ fn a_reused_pid_is_refused_on_a_kept_alive_connection() {
     // must still run for every request on it.
     reuse_attack(true);
 }
+
+/// A host user in no pod forges its mount table: it makes its own user and
+/// mount namespace (`unshare -Urm`, no privilege needed), bind-mounts a
+/// running pod container's cgroup directory, and asks for a token. Its
+/// `/proc/<pid>/mountinfo` then names that container; only the cgroup file,
+/// which the kernel writes about the process itself, may count.
+#[test]
+fn a_host_user_with_a_forged_mount_table_is_refused() {
+    use std::os::unix::fs::{PermissionsExt as _, chown};
+    const NOBODY: u32 = 65534;
+    let node = Node::new(SignerKind::Software, "[cache]\nenabled = false\n");
+    // The socket is 0666 by design; let `nobody` reach its directory.
+    std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start(node.path(), &node.config);
+    let victim = PodProcess::spawn(
+        Layout::V2Systemd(Qos::BestEffort),
+        &node.pod_uid,
+        &node.app_id,
+    );
+    // The victim itself gets its token: the pod and daemon are set up right.
+    let ok = claims(&run_in(
+        &victim,
+        &["token", "--socket", d.socket.to_str().unwrap()],
+    ));
+    assert_eq!(ok["pod-uid"].as_str(), Some(node.pod_uid.as_str()));
+
+    let forge = tempfile::tempdir().unwrap();
+    chown(forge.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let ask = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'GET /v1/token?audience=vault HTTP/1.1\\r\\nHost: j\\r\\nConnection: close\\r\\n\\r\\n')\nd=b''\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  d+=c\nsys.stdout.write(d.decode())";
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+            "-Urm",
+            "sh",
+            "-c",
+            // The mount table the daemon would see, then the request.
+            "mount --bind \"$1\" \"$2\" && cat /proc/self/cgroup /proc/self/mountinfo >&2 && exec /usr/bin/python3 -c \"$3\" \"$4\"",
+            "sh",
+        ])
+        .arg(victim.cgroup_dir())
+        .arg(forge.path())
+        .args([ask, d.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "the forger could not run: {stderr}");
+    // The forgery is in place: the caller's own mount table names the victim.
+    let forged = stderr
+        .lines()
+        .find(|l| l.contains(forge.path().to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no forged mount in {stderr}"));
+    assert!(forged.contains(&node.app_id), "{forged}");
+    assert!(
+        !stderr
+            .lines()
+            .take_while(|l| !l.contains(" - "))
+            .any(|l| l.contains(&node.app_id)),
+        "the forger's cgroup file names the victim: the test set-up is wrong\n{stderr}"
+    );
+    assert!(stdout.starts_with("HTTP/1.1 403"), "{stdout}");
+    assert!(stdout.contains("\"not_in_pod\""), "{stdout}");
+    let audit = d.audit_lines();
+    let last = audit.last().unwrap();
+    assert_eq!(last["outcome"], "denied", "{last}");
+    assert_eq!(last["code"], "not_in_pod", "{last}");
+    assert_eq!(last["uid"], NOBODY, "{last}");
+    assert_eq!(
+        audit.iter().filter(|l| l["outcome"] == "issued").count(),
+        1,
+        "only the victim's own token was issued: {audit:?}"
+    );
+}

@@ -396,6 +396,7 @@ fn refuses_to_start_without_a_chain() {
             kind: SignerKind::Tpm,
             tcti: tpm.tcti(),
             state_dir: state.clone(),
+            pcrs: None,
         },
         KeyPolicy::CreateIfMissing,
     )

@@ -5,23 +5,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::AttestError;
 use super::cgroup::{self, PodRef};
-use super::{AttestError, mountinfo};
-
-/// Which file named the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Cgroup,
-    Mountinfo,
-}
 
 /// The caller's pod and container, as the kernel tells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Location {
     pub pod: Option<PodRef>,
     pub container_id: String,
-    pub source: Source,
     /// The cgroup file in short, for messages.
     pub cgroup: String,
 }
@@ -70,35 +61,28 @@ fn read_small(path: &Path) -> std::io::Result<String> {
 
 /// Finds the pod and container of `pid` under `proc_root`.
 ///
-/// The cgroup file first; the mount table only if it names no container.
+/// Only `/proc/<pid>/cgroup` counts: the kernel writes it about the process
+/// itself, and moving into another cgroup needs write access to that cgroup.
+/// `/proc/<pid>/mountinfo` is never read: any user can `unshare -Urm` and
+/// bind-mount a pod's cgroup directory, so its mount table can name any pod
+/// (SECURITY.md, "Anyone who can open the socket").
 pub fn locate(proc_root: &Path, pid: i32) -> Result<Location, AttestError> {
     let cg = read_proc(proc_root, pid, "cgroup")?;
     let summary = cgroup::summary(&cg);
-    let conflict = |source| AttestError::CgroupConflict {
-        pid,
-        cgroup: summary.clone(),
-        source,
-    };
-    let (found, source) = match cgroup::parse_file(&cg).map_err(conflict)? {
-        Some(m) => (Some(m), Source::Cgroup),
-        None => {
-            let mi = read_proc(proc_root, pid, "mountinfo")?;
-            (
-                mountinfo::parse_file(&mi).map_err(conflict)?,
-                Source::Mountinfo,
-            )
-        }
-    };
-    match found {
-        Some(m) => Ok(Location {
+    match cgroup::parse_file(&cg) {
+        Ok(Some(m)) => Ok(Location {
             pod: m.pod,
             container_id: m.container_id,
-            source,
             cgroup: summary,
         }),
-        None => Err(AttestError::NotInPod {
+        Ok(None) => Err(AttestError::NotInPod {
             pid,
             cgroup: summary,
+        }),
+        Err(source) => Err(AttestError::CgroupConflict {
+            pid,
+            cgroup: summary,
+            source,
         }),
     }
 }

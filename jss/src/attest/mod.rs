@@ -10,7 +10,6 @@
 pub mod cgroup;
 mod error;
 mod locate;
-pub mod mountinfo;
 mod peer;
 pub mod proc_stat;
 mod workload;
@@ -19,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{AttestError, DenyClass};
-pub use locate::{Location, Source, locate};
+pub use locate::{Location, locate};
 pub use peer::{PeerProcess, ReuseGuard, guard_supported};
 pub use workload::{ContainerImage, ContainerKind, OwnerReference, Workload};
 
@@ -88,7 +87,6 @@ impl Attestor {
             namespace = %workload.namespace,
             pod = %workload.pod_name,
             container = %workload.container_name,
-            source = ?loc.source,
             "attested"
         );
         Ok(workload)

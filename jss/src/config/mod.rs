@@ -276,6 +276,8 @@ impl Config {
                 kind: raw.signer.kind,
                 tcti: raw.signer.tcti,
                 state_dir: raw.state_dir.clone(),
+                // The daemon never creates a key (bootstrap does).
+                pcrs: None,
             },
             state_dir: raw.state_dir,
             cluster_name: raw.cluster_name,

@@ -7,6 +7,7 @@
 //! blocking thread.
 
 mod jwk;
+mod pcr;
 mod software;
 mod tpm;
 
@@ -16,6 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
+pub use pcr::{PCR_BANK, PcrSelection};
 pub use software::SoftwareSigner;
 pub use tpm::{TpmSigner, tpm_reachable};
 
@@ -79,6 +81,18 @@ pub trait Signer: Send + Sync + fmt::Debug {
     }
     /// ES256 over `signing_input` (SHA-256 then ECDSA P-256), as `r‖s`. Blocks.
     fn sign(&self, signing_input: &[u8]) -> Result<[u8; 64], SignerError>;
+    /// The boot state the key is bound to (TPM PCR policy), if any.
+    fn binding(&self) -> Option<PcrBinding> {
+        None
+    }
+}
+
+/// A key's PCR policy: the selection (SHA-256 bank) and the policy digest
+/// (lowercase hex, TPM2_PolicyPCR over the PCR values at creation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PcrBinding {
+    pub pcrs: PcrSelection,
+    pub policy_digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +137,14 @@ pub enum SignerError {
     },
     #[error("no node key in {dir}; create one with `jss-bootstrap node init --state-dir {dir}`")]
     NoKey { dir: PathBuf },
+    #[error(
+        "the TPM refused to sign: the node's boot state changed since the node key was created (PCRs {pcrs} no longer hold the values the key is bound to). After an intended firmware, Secure Boot or bootloader update, run `jss-bootstrap node register --rotate` to bind a new key to the new state; otherwise investigate the node's boot chain before trusting it"
+    )]
+    PcrMismatch { pcrs: String },
+    #[error(
+        "a software node key cannot be bound to PCRs ({pcrs} requested): only a TPM enforces that; use signer kind tpm, or --pcrs none"
+    )]
+    SoftwareCannotBind { pcrs: String },
     #[error("ECDSA signing failed: {0}")]
     Software(String),
     #[error(transparent)]
@@ -137,6 +159,17 @@ impl SignerError {
             Self::TpmUnreachable { .. } | Self::Tpm { .. } | Self::TpmAnswer { .. }
         )
     }
+
+    /// A short label for metrics (`jss_signer_errors_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PcrMismatch { .. } => "pcr_mismatch",
+            Self::TpmUnreachable { .. } | Self::TpmKeyButNoTpm { .. } => "tpm_unreachable",
+            Self::Tpm { .. } | Self::TpmAnswer { .. } => "tpm_error",
+            Self::Software(_) => "software",
+            _ => "key",
+        }
+    }
 }
 
 /// Where the node key lives and how to reach the TPM.
@@ -145,6 +178,10 @@ pub struct SignerConfig {
     pub kind: SignerKind,
     pub tcti: String,
     pub state_dir: PathBuf,
+    /// PCRs a key created now is bound to; `None` is the backend's default
+    /// (PCR 7 for a TPM key, nothing for a software one). Keys that exist
+    /// keep their own binding.
+    pub pcrs: Option<PcrSelection>,
 }
 
 /// Whether [`open`] may create a missing key (bootstrap) or must find one (daemon).
@@ -203,9 +240,17 @@ pub fn open(
         KeyOrigin::Created
     };
     let signer: Arc<dyn Signer> = match backend {
-        Backend::Software => Arc::new(SoftwareSigner::open(&sw_key)?),
+        Backend::Software => match &cfg.pcrs {
+            Some(p) if !p.is_empty() && !exists => {
+                return Err(SignerError::SoftwareCannotBind {
+                    pcrs: p.to_string(),
+                });
+            }
+            _ => Arc::new(SoftwareSigner::open(&sw_key)?),
+        },
         Backend::Tpm => {
-            let s = TpmSigner::open(&cfg.tcti, &tpm_blob);
+            let pcrs = cfg.pcrs.clone().unwrap_or_else(PcrSelection::secure_boot);
+            let s = TpmSigner::open(&cfg.tcti, &tpm_blob, &pcrs);
             match s {
                 Err(e @ (SignerError::TpmUnreachable { .. } | SignerError::BadTcti { .. }))
                     if cfg.kind == SignerKind::Auto && exists =>

@@ -14,8 +14,6 @@
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
-
 mod attest;
 mod e2e;
 mod http;
@@ -23,6 +21,8 @@ mod openbao;
 mod sign;
 
 use std::collections::BTreeMap;
+
+use anyhow::Context as _;
 
 /// Figures by name, printed at the end and written to `--out`.
 pub type Figures = BTreeMap<String, f64>;
@@ -140,11 +140,17 @@ fn print_ratios(f: &mut Figures) {
 }
 
 fn main() {
+    if let Err(e) = run() {
+        eprintln!("jss-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("client") {
         // A load-generating process inside the pod's cgroup (see e2e).
-        e2e::client_main(&args[1..]);
-        return;
+        return e2e::client_main(&args[1..]);
     }
     let seconds: u64 = args
         .iter()
@@ -168,16 +174,16 @@ fn main() {
         println!("\n######## pass {pass} of {repeat} ########");
         let mut figures = Figures::new();
         if matches!(what, "sign" | "all") {
-            figures.extend(sign::run(seconds));
+            figures.extend(sign::run(seconds)?);
         }
         if matches!(what, "attest" | "all") {
-            figures.extend(attest::run(seconds));
+            figures.extend(attest::run(seconds)?);
         }
         if matches!(what, "openbao" | "all") {
-            figures.extend(openbao::run(seconds));
+            figures.extend(openbao::run(seconds)?);
         }
         if matches!(what, "e2e" | "all") {
-            figures.extend(e2e::run(seconds));
+            figures.extend(e2e::run(seconds)?);
         }
         passes.push(figures);
     }
@@ -190,12 +196,13 @@ fn main() {
     }
     print_ratios(&mut figures);
     if let Some(i) = args.iter().position(|a| a == "--out") {
-        let path = args.get(i + 1).expect("--out FILE");
+        let path = args.get(i + 1).context("--out needs a FILE")?;
         let body: String = figures
             .iter()
             .map(|(k, v)| format!("{k} {v:.3}\n"))
             .collect();
-        std::fs::write(path, body).unwrap();
+        std::fs::write(path, body).with_context(|| format!("write the figures to {path}"))?;
         println!("\nfigures written to {path}");
     }
+    Ok(())
 }
