@@ -82,7 +82,7 @@ pub const WORKLOAD_CLAIMS: &[&str] = &[
 /// The registered JWT claims every token carries besides [`WORKLOAD_CLAIMS`].
 pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 
-/// The token payload (DESIGN.md, "Token format").
+/// The token payload (README.md, "Token format").
 /// Node and workload fields borrow from the builder and the workload: a
 /// token costs no copies of them.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

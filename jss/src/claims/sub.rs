@@ -8,7 +8,7 @@
 
 use super::Claims;
 
-/// DESIGN.md's default.
+/// The default (README.md, "Token format").
 pub const DEFAULT_SUB_TEMPLATE: &str =
     "{cluster-region}/{cluster-name}/{namespace}/{service-account}/{images}/{image}/{image-id}";
 
