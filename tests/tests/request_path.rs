@@ -46,8 +46,6 @@ async fn every_refusal_is_counted_and_audited_once() {
             Arc::new(Answer::Fail(f)),
         )
     };
-    let mut no_digest = node.running();
-    no_digest.digest = None;
     let mut stopped = node.running();
     stopped.state = "terminated".into();
 
@@ -63,7 +61,6 @@ async fn every_refusal_is_counted_and_audited_once() {
         (Code::MethodNotAllowed, with_pods(ok_pods.clone()), b"DELETE /v1/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), pid),
         (Code::PodNotFound, with_pods(pod_list(&[])), get_token.clone(), pid),
         (Code::ContainerNotRunning, with_pods(node.pods(stopped)), get_token.clone(), pid),
-        (Code::ClaimsUnavailable, with_pods(node.pods(no_digest)), get_token.clone(), pid),
         (Code::KubeletTimeout, failing(|| kubelet(KubeletError::Timeout { url: "https://kubelet".into(), after: Duration::from_secs(2) })), get_token.clone(), pid),
         (Code::KubeletUnauthorized, failing(|| kubelet(KubeletError::Unauthorized { url: "https://kubelet".into() })), get_token.clone(), pid),
         (Code::KubeletForbidden, failing(|| kubelet(KubeletError::Forbidden { url: "https://kubelet".into() })), get_token.clone(), pid),
@@ -114,7 +111,7 @@ async fn every_refusal_is_counted_and_audited_once() {
         assert_eq!(line["code"], code.as_str(), "{code}: {line}");
         assert_eq!(line["pid"], audited_pid, "{code}: {line}");
         // Named once attested; the audience once read.
-        let attested = matches!(code, Code::ClaimsUnavailable | Code::SignerUnavailable);
+        let attested = code == Code::SignerUnavailable;
         assert_eq!(line["pod"] == "app-0", attested, "{code}: {line}");
         assert!(line.get("jti").is_none_or(Value::is_null), "{code}: {line}");
         let audience = match code {

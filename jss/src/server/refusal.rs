@@ -58,7 +58,6 @@ codes! {
     PodNotFound = "pod_not_found", 403;
     ContainerNotRunning = "container_not_running", 403;
     PodMismatch = "pod_mismatch", 403;
-    ClaimsUnavailable = "claims_unavailable", 403;
     // This node's own trouble.
     Internal = "internal", 500;
     ProcUnreadable = "proc_unreadable", 500;
@@ -204,11 +203,10 @@ impl From<&KubeletError> for Code {
 }
 
 impl From<&ClaimsError> for Code {
-    fn from(e: &ClaimsError) -> Self {
-        match e {
-            ClaimsError::Random => Code::Internal,
-            _ => Code::ClaimsUnavailable,
-        }
+    /// Per request only the random source can fail (the machine ID is read
+    /// at start): our own trouble.
+    fn from(_: &ClaimsError) -> Self {
+        Code::Internal
     }
 }
 

@@ -21,7 +21,7 @@ pub use job::sign_job;
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
 pub use pcr::{PCR_BANK, PcrSelection};
 pub use software::SoftwareSigner;
-pub use tpm::{TpmSigner, tpm_reachable};
+pub use tpm::{TpmSigner, describe_blob, tpm_reachable};
 
 use crate::state::StateError;
 
@@ -270,6 +270,42 @@ pub fn open(
     };
     tracing::info!(backend = %signer.backend(), kid = signer.kid(), ?origin, "node key ready");
     Ok((signer, origin))
+}
+
+/// The node key in `state_dir` as its files describe it, without opening a
+/// TPM: backend, kid, and the PCR binding of a TPM key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub backend: String,
+    pub kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<PcrBinding>,
+}
+
+/// Reads [`KeyInfo`] for the key in `state_dir` (the TPM blob if present,
+/// else the software key).
+pub fn describe(state_dir: &Path) -> Result<KeyInfo, SignerError> {
+    let blob = state_dir.join(TPM_KEY_FILE);
+    if blob.exists() {
+        let (kid, binding) = describe_blob(&blob)?;
+        return Ok(KeyInfo {
+            backend: Backend::Tpm.to_string(),
+            kid,
+            binding,
+        });
+    }
+    let sw = state_dir.join(SOFTWARE_KEY_FILE);
+    if sw.exists() {
+        let s = SoftwareSigner::open(&sw)?;
+        return Ok(KeyInfo {
+            backend: Backend::Software.to_string(),
+            kid: s.kid().to_string(),
+            binding: None,
+        });
+    }
+    Err(SignerError::NoKey {
+        dir: state_dir.to_path_buf(),
+    })
 }
 
 /// Path of the key file a backend uses in `state_dir`.
