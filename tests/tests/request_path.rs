@@ -101,7 +101,7 @@ async fn every_refusal_is_counted_and_audited_once() {
         );
         assert_eq!(
             text.contains("retry-after: 1\r\n"),
-            code.status() == 503,
+            code.default_retry_after().is_some(),
             "{code}: {text}"
         );
         let lines = node.audit();

@@ -81,9 +81,10 @@ codes! {
 
 impl Code {
     /// Seconds a caller should wait before asking again, when asking again
-    /// can help (503s); `None` otherwise.
+    /// can help (503s, but not a kubelet client the daemon cannot set up:
+    /// that needs the operator); `None` otherwise.
     pub fn default_retry_after(self) -> Option<u32> {
-        (self.status() == 503).then_some(1)
+        (self.status() == 503 && self != Code::KubeletClientConfig).then_some(1)
     }
 }
 
@@ -244,7 +245,8 @@ mod tests {
     #[test]
     fn retry_after_only_where_asking_again_can_help() {
         for c in Code::ALL {
-            assert_eq!(c.default_retry_after().is_some(), c.status() == 503, "{c}");
+            let can_help = c.status() == 503 && *c != Code::KubeletClientConfig;
+            assert_eq!(c.default_retry_after().is_some(), can_help, "{c}");
         }
         let r = Refusal::new(Code::Overloaded, "busy").retry_after(Some(7));
         assert_eq!(r.retry_after, Some(7));
