@@ -40,10 +40,14 @@ enum Cmd {
         #[arg(long, default_value = "40")]
         timeout_seconds: u64,
     },
-    /// Exit 0 if the daemon answers /healthz (for probes).
+    /// Exit 0 if the daemon answers /healthz: it serves its socket
+    /// (liveness). With --ready, exit 0 only if it can also sign (/readyz,
+    /// readiness): a key whose PCR policy no longer matches is live, not ready.
     Health {
         #[arg(long, env = "JSS_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        ready: bool,
     },
     /// Print the `images` claim (and `images-names`) for a pod's image list,
     /// as a secret maker needs it: containers in spec order, then init containers.
@@ -125,10 +129,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Health { socket } => {
+        Cmd::Health { socket, ready } => {
             runtime()?.block_on(jss::client::get(
                 &socket,
-                "/healthz",
+                if ready { "/readyz" } else { "/healthz" },
                 Duration::from_secs(5),
             ))?;
             Ok(())

@@ -113,8 +113,9 @@ impl App {
             Ok(TokenEncoder::finish(input, &sig))
         })
         .await;
+        self.signer_health.record(signed.as_ref().map(|_| ()));
         signed.map_err(|e| {
-            self.metrics.signer_errors.inc();
+            self.metrics.signer_error(e.reason());
             match e {
                 SignerError::JobFailed { .. } => Refusal::new(Code::Internal, e.to_string()),
                 // Retry-After only where asking again can help (the TPM went
@@ -126,6 +127,28 @@ impl App {
                 .retry_after(e.is_transient().then_some(1)),
             }
         })
+    }
+
+    /// The signer's readiness: the last signature's outcome when recent,
+    /// else that of a probe signature (skipped while the queue is full: a
+    /// busy signer is signing).
+    pub async fn signer_ready(&self) -> Result<(), super::readiness::Failure> {
+        if let Some(outcome) = self.signer_health.fresh() {
+            return outcome;
+        }
+        let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {
+            return Ok(());
+        };
+        let probed = sign_job(&self.signer, move |signer| {
+            let _permit = permit;
+            signer.sign(b"jss readiness probe").map(|_| ())
+        })
+        .await;
+        if let Err(e) = &probed {
+            self.metrics.signer_error(e.reason());
+        }
+        self.signer_health.record(probed.as_ref().map(|_| ()));
+        self.signer_health.fresh().unwrap_or(Ok(()))
     }
 
     /// Audits and counts a token handed to `caller` (`outcome`: issued or cached).

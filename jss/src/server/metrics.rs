@@ -23,7 +23,8 @@ pub struct Metrics {
     pub tokens_issued: Counter,
     pub cache_hits: Counter,
     pub denials: Family<ReasonLabel, Counter>,
-    pub signer_errors: Counter,
+    /// Failed signatures by `SignerError::reason` (`pcr_mismatch`, …).
+    pub signer_errors: Family<ReasonLabel, Counter>,
     pub request_seconds: Histogram,
 }
 
@@ -66,7 +67,7 @@ impl Metrics {
         let tokens_issued = Counter::default();
         let cache_hits = Counter::default();
         let denials = Family::<ReasonLabel, Counter>::default();
-        let signer_errors = Counter::default();
+        let signer_errors = Family::<ReasonLabel, Counter>::default();
         // 100 µs .. ~3.3 s
         let request_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -86,7 +87,7 @@ impl Metrics {
         );
         registry.register(
             "jss_signer_errors",
-            "Failed signing operations",
+            "Failed signing operations, by reason",
             signer_errors.clone(),
         );
         registry.register(
@@ -112,6 +113,14 @@ impl Metrics {
 
     pub fn deny(&self, reason: &str) {
         self.denials
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn signer_error(&self, reason: &str) {
+        self.signer_errors
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })

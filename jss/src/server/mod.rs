@@ -13,6 +13,7 @@ pub mod http;
 mod issue;
 mod listener;
 mod metrics;
+pub mod readiness;
 mod refusal;
 
 use std::path::PathBuf;
@@ -79,6 +80,7 @@ pub struct App {
     audit: audit::Audit,
     keys: RwLock<Arc<Keys>>,
     sign_queue: Arc<Semaphore>,
+    signer_health: readiness::SignerHealth,
 }
 
 impl App {
@@ -113,6 +115,7 @@ impl App {
             audit,
             keys: RwLock::new(Arc::new(keys)),
             sign_queue: Arc::new(Semaphore::new(cfg.limits.signer_queue)),
+            signer_health: readiness::SignerHealth::default(),
             signer,
             cfg,
         })
