@@ -10,7 +10,7 @@ use super::{App, Code, Refusal};
 use crate::attest::{Peer, PeerProcess, Workload};
 use crate::cache::{CacheKey, CachedToken};
 use crate::claims::Claims;
-use crate::signer::{SignerError, sign_job};
+use crate::signer::{Priority, QueueError};
 use crate::token::TokenEncoder;
 
 /// A token handed to the caller.
@@ -19,7 +19,7 @@ pub struct Issued {
     pub exp: u64,
 }
 
-fn now_unix() -> u64 {
+pub(super) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -87,67 +87,67 @@ impl App {
             exp: claims.exp,
         };
         if let Some(key) = key {
-            self.cache.insert(key, token.clone(), now);
+            let source = self
+                .cfg
+                .cache
+                .refresh_ahead
+                .then(|| Arc::new(workload.clone()));
+            self.cache.insert(key, token.clone(), source, now);
         }
         Ok(self.hand_out("issued", caller, workload, audience, token))
     }
 
-    /// Signs `claims` through the bounded signer queue: past
-    /// `limits.signer_queue` waiting, 503 `overloaded` rather than queueing
-    /// without limit.
+    /// Signs `claims` ahead of any refresh. Past `limits.signer_queue`
+    /// callers waiting: 503 `overloaded`, Retry-After the measured time the
+    /// queue ahead needs.
     async fn sign(&self, claims: &Claims<'_>) -> Result<String, Refusal> {
-        let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {
-            return Err(Refusal::new(
-                Code::Overloaded,
-                "too many requests are waiting for the signer; retry shortly",
-            ));
-        };
-        // Serialised here, so only owned bytes cross to a blocking thread.
         let input = self
             .encoder()
             .signing_input(claims)
             .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
-        let signed = sign_job(&self.signer, move |signer| {
-            let _permit = permit;
-            let sig = signer.sign(input.as_bytes())?;
-            Ok(TokenEncoder::finish(input, &sig))
-        })
-        .await;
-        self.signer_health.record(signed.as_ref().map(|_| ()));
-        signed.map_err(|e| {
-            self.metrics.signer_error(e.reason());
-            match e {
-                SignerError::JobFailed { .. } => Refusal::new(Code::Internal, e.to_string()),
+        match self.signing.sign(input, Priority::Caller).await {
+            Ok((input, sig)) => {
+                self.signer_health.record(Ok(()));
+                Ok(TokenEncoder::finish(input, &sig))
+            }
+            Err(e @ QueueError::Full { retry_after_s, .. }) => Err(Refusal::new(
+                Code::Overloaded,
+                format!("{e}; ask again after Retry-After"),
+            )
+            .retry_after(Some(retry_after_s))),
+            Err(QueueError::Signer(e)) => {
+                self.signer_health.record(Err(&e));
+                self.metrics.signer_error(e.reason());
                 // Retry-After only where asking again can help (the TPM went
                 // away), not for a key that will never sign (a PCR mismatch).
-                _ => Refusal::new(
+                Err(Refusal::new(
                     Code::SignerUnavailable,
                     format!("cannot sign the token: {e}"),
                 )
-                .retry_after(e.is_transient().then_some(1)),
+                .retry_after(e.is_transient().then_some(1)))
             }
-        })
+        }
     }
 
     /// The signer's readiness: the last signature's outcome when recent,
-    /// else that of a probe signature (skipped while the queue is full: a
-    /// busy signer is signing).
+    /// else that of a probe signature, queued behind callers (a full queue
+    /// means the signer is busy signing: ready).
     pub async fn signer_ready(&self) -> Result<(), super::readiness::Failure> {
         if let Some(outcome) = self.signer_health.fresh() {
             return outcome;
         }
-        let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {
-            return Ok(());
-        };
-        let probed = sign_job(&self.signer, move |signer| {
-            let _permit = permit;
-            signer.sign(b"jss readiness probe").map(|_| ())
-        })
-        .await;
-        if let Err(e) = &probed {
-            self.metrics.signer_error(e.reason());
+        match self
+            .signing
+            .sign("jss readiness probe".into(), Priority::Refresh)
+            .await
+        {
+            Ok(_) => self.signer_health.record(Ok(())),
+            Err(QueueError::Full { .. }) => return Ok(()),
+            Err(QueueError::Signer(e)) => {
+                self.metrics.signer_error(e.reason());
+                self.signer_health.record(Err(&e));
+            }
         }
-        self.signer_health.record(probed.as_ref().map(|_| ()));
         self.signer_health.fresh().unwrap_or(Ok(()))
     }
 

@@ -11,6 +11,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::kubelet::PodSource;
+use crate::signer::QueueStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -26,6 +27,8 @@ pub struct Metrics {
     /// Failed signatures by `SignerError::reason` (`pcr_mismatch`, …).
     pub signer_errors: Family<ReasonLabel, Counter>,
     pub request_seconds: Histogram,
+    pub refreshes: Counter,
+    pub refreshes_late: Counter,
 }
 
 /// Reads the pod source's own counters at scrape time.
@@ -62,12 +65,17 @@ impl Collector for KubeletFetches {
 
 impl Metrics {
     /// `pid_guard`: which PID-reuse guard this kernel allows (`pidfd` or `start_time`).
-    pub fn new(pods: Arc<dyn PodSource>, pid_guard: &'static str) -> Self {
+    pub fn new(
+        pods: Arc<dyn PodSource>,
+        pid_guard: &'static str,
+        signing: Arc<QueueStats>,
+    ) -> Self {
         let mut registry = Registry::default();
         let tokens_issued = Counter::default();
         let cache_hits = Counter::default();
         let denials = Family::<ReasonLabel, Counter>::default();
         let signer_errors = Family::<ReasonLabel, Counter>::default();
+        let (refreshes, refreshes_late) = (Counter::default(), Counter::default());
         // 100 µs .. ~3.3 s
         let request_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -101,6 +109,31 @@ impl Metrics {
             Info::new(vec![("guard", pid_guard)]),
         );
         registry.register_collector(Box::new(KubeletFetches(pods)));
+        registry.register(
+            "jss_sign_duration_seconds",
+            "Time one signature took in the signer (the TPM's round trip included)",
+            signing.sign_seconds.clone(),
+        );
+        registry.register(
+            "jss_sign_queue_wait_seconds",
+            "Time a signature waited for the signer (callers and refreshes)",
+            signing.wait_seconds.clone(),
+        );
+        registry.register(
+            "jss_sign_queue_depth",
+            "Signatures waiting for the signer now",
+            signing.depth.clone(),
+        );
+        registry.register(
+            "jss_refreshes",
+            "Tokens re-signed ahead of need for workloads that asked recently",
+            refreshes.clone(),
+        );
+        registry.register(
+            "jss_refreshes_late",
+            "Refreshes done after the old token's half-life (a caller may have waited)",
+            refreshes_late.clone(),
+        );
         Self {
             registry,
             tokens_issued,
@@ -108,6 +141,8 @@ impl Metrics {
             denials,
             signer_errors,
             request_seconds,
+            refreshes,
+            refreshes_late,
         }
     }
 
