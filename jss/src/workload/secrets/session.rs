@@ -240,6 +240,8 @@ impl<S: SecretStore> Session<S> {
         let mut logins: HashMap<String, (Login, bool)> = HashMap::new();
         let mut failed: HashMap<String, (String, bool)> = HashMap::new();
         let mut reads = tokio::task::JoinSet::new();
+        let mut retry = Vec::new();
+        let mut primed = false;
         for (i, item) in items.iter().enumerate() {
             let role = item.role();
             if !logins.contains_key(role) && !failed.contains_key(role) {
@@ -265,6 +267,16 @@ impl<S: SecretStore> Session<S> {
             };
             match item_path(item, login) {
                 Err(e) => results[i] = Some(Err(e.into())),
+                // The first read alone: it learns the KV mount the others reuse.
+                Ok(path) if !primed => {
+                    primed = true;
+                    match self.store.read(&login.token, &path).await {
+                        Err(VaultError::Denied { .. }) if !login_fresh(&logins, role) => {
+                            retry.push(i)
+                        }
+                        r => results[i] = Some(r.map(|d| (path, d)).map_err(FetchError::Read)),
+                    }
+                }
                 Ok(path) => {
                     let store = Arc::clone(&self.store);
                     let token = login.token.clone();
@@ -275,11 +287,10 @@ impl<S: SecretStore> Session<S> {
                 }
             }
         }
-        let mut retry = Vec::new();
         while let Some(joined) = reads.join_next().await {
             match joined {
                 Ok((i, _, Err(VaultError::Denied { .. })))
-                    if logins.get(items[i].role()).is_some_and(|(_, fresh)| !fresh) =>
+                    if !login_fresh(&logins, items[i].role()) =>
                 {
                     retry.push(i);
                 }
@@ -329,6 +340,11 @@ impl<S: SecretStore> Session<S> {
             self.revoke(role, &h.login).await;
         }
     }
+}
+
+/// Whether `role`'s login in this pass is a fresh one.
+fn login_fresh(logins: &HashMap<String, (Login, bool)>, role: &str) -> bool {
+    logins.get(role).is_some_and(|(_, fresh)| *fresh)
 }
 
 fn item_path(item: &Item, login: &Login) -> Result<String, PathError> {
