@@ -168,17 +168,23 @@ pub fn run(seconds: u64) -> Figures {
     let cpu1 = cpu_ms(pid);
     let rss = status_kib(pid, "VmRSS:") / 1024.0;
     let hwm = status_kib(pid, "VmHWM:") / 1024.0;
+    // Anonymous (the sidecar's own) vs file-backed (binary and libraries,
+    // shared with every other jss process on the node).
+    let anon = status_kib(pid, "RssAnon:") / 1024.0;
+    let file = status_kib(pid, "RssFile:") / 1024.0;
     terminate(side);
     let log = drain.join().unwrap();
     // One pass a second (plus its jitter): the window's length in passes.
     let passes = passes0.elapsed().as_secs_f64().floor().max(1.0);
     let per_pass = (cpu1 - cpu0) / passes;
     println!(
-        "sidecar, 10 secrets, refresh 1 s: RSS {rss:.1} MiB (peak {hwm:.1} MiB), CPU {per_pass:.2} ms per refresh ({} passes logged in all)",
+        "sidecar, 10 secrets, refresh 1 s: RSS {rss:.1} MiB (peak {hwm:.1} MiB; anonymous {anon:.1}, file-backed {file:.1}), CPU {per_pass:.2} ms per refresh ({} passes logged in all)",
         log.matches("next pass").count()
     );
     f.insert("secrets.sidecar.n10.rss_mib".into(), rss);
     f.insert("secrets.sidecar.n10.peak_rss_mib".into(), hwm);
+    f.insert("secrets.sidecar.n10.rss_anon_mib".into(), anon);
+    f.insert("secrets.sidecar.n10.rss_file_mib".into(), file);
     f.insert("secrets.sidecar.n10.cpu_ms_per_refresh".into(), per_pass);
 
     // Idle between refreshes (the default 600 s): CPU over a quiet window.
