@@ -7,6 +7,7 @@
 pub mod bao;
 pub mod ca;
 pub mod daemon;
+pub mod discovery;
 pub mod kubelet;
 pub mod net;
 pub mod node;
