@@ -4,42 +4,24 @@
 //! deregistration, the live switch static → jwks → static, the server down.
 
 mod bootstrap_common;
+mod jwks_common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bootstrap_common::*;
-use jss::signer::{self, KeyPolicy, SignerConfig, SignerKind};
+use jss::signer::{self, KeyPolicy};
 use jss::token::TokenEncoder;
 use jss_tests::bao::Bao;
 use jss_tests::discovery::Discovery;
-
-const IMG: &str = "us.icr.io/tsi/myubuntu@sha256:1111111111111111111111111111111111111111111111111111111111111111";
-const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-fn claims(cluster: &str, node: &str) -> serde_json::Value {
-    Workload {
-        cluster,
-        region: REGION,
-        node,
-        namespace: "team-a",
-        images_names: IMG,
-        image: DIGEST,
-    }
-    .claims()
-}
+use jwks_common::*;
 
 fn register(bao: &Bao, cluster: &str, node: &str, dir: &Path) -> String {
     ok_v(&register_args(bao, cluster, node, dir))
 }
 
 fn kid_of(dir: &Path) -> String {
-    let cfg = SignerConfig {
-        kind: SignerKind::Software,
-        tcti: String::new(),
-        state_dir: dir.to_path_buf(),
-        pcrs: None,
-    };
+    let cfg = software(dir);
     signer::open(&cfg, KeyPolicy::MustExist)
         .unwrap()
         .0
@@ -50,37 +32,12 @@ fn kid_of(dir: &Path) -> String {
 /// A token signed by a fresh key nobody registered (kid set, no x5c).
 fn unregistered_token(cluster: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SignerConfig {
-        kind: SignerKind::Software,
-        tcti: String::new(),
-        state_dir: dir.path().to_path_buf(),
-        pcrs: None,
-    };
+    let cfg = software(dir.path());
     let (s, _) = signer::open(&cfg, KeyPolicy::CreateIfMissing).unwrap();
     TokenEncoder::new(s.kid(), None)
         .unwrap()
         .encode(s.as_ref(), &claims(cluster, "rogue"))
         .unwrap()
-}
-
-fn init_jwks(bao: &Bao, cluster: &str, d: &Discovery) -> String {
-    ok_v(&with(
-        &[
-            "cluster",
-            "init",
-            "--cluster",
-            cluster,
-            "--region",
-            REGION,
-            "--keys",
-            "jwks",
-            "--jwks-url",
-            &d.url(),
-            "--jwks-ca-pem",
-            &d.ca_file().display().to_string(),
-        ],
-        &vault_args(bao),
-    ))
 }
 
 /// Logs in with a fresh token from `dir` until it works or `wait` passes;

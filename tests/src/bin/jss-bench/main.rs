@@ -13,11 +13,14 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - scale: static keys vs JWKS mode at 1 to 20,000 nodes (not in `all`:
+//!   minutes of setup on a raft-backed OpenBao).
 
 mod attest;
 mod e2e;
 mod http;
 mod openbao;
+mod scale;
 mod sign;
 
 use std::collections::BTreeMap;
@@ -184,6 +187,9 @@ fn run() -> anyhow::Result<()> {
         }
         if matches!(what, "e2e" | "all") {
             figures.extend(e2e::run(seconds)?);
+        }
+        if what == "scale" {
+            figures.extend(scale::run(seconds)?);
         }
         passes.push(figures);
     }
