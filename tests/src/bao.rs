@@ -107,6 +107,8 @@ impl Bao {
         let bin = find_bao();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let port = net::free_port_pair();
+        std::fs::write(dir.path().join("root-token"), ROOT_TOKEN)
+            .unwrap_or_else(|e| panic!("write token file: {e}"));
         let data = dir.path().join("raft");
         std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("raft dir: {e}"));
         let cfg = format!(
