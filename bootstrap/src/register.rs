@@ -391,6 +391,45 @@ mod tests {
     }
 
     #[test]
+    fn switching_the_key_source_changes_exactly_the_key_fields() {
+        let key = NodePublicKey::new(p256::SecretKey::random(&mut rand_core::OsRng).public_key());
+        let base = base_fields("jss://c", "jss");
+        let mut fields = base.clone();
+        fields.insert("jwt_validation_pubkeys".into(), json!([key.spki_pem()]));
+        let static_cfg = MountConfig {
+            fields,
+            keys: vec![key.spki_pem()],
+        };
+        let jwks = Keys::Jwks {
+            url: "https://d/keys".into(),
+            ca_pem: Some("CA".into()),
+        };
+        let (merged, _, changed) = apply(&static_cfg, &base, &jwks);
+        assert!(changed);
+        assert_eq!(merged["jwks_url"], "https://d/keys");
+        assert_eq!(merged["jwks_ca_pem"], "CA");
+        assert!(!merged.contains_key("jwt_validation_pubkeys"));
+
+        let jwks_cfg = MountConfig {
+            fields: merged,
+            keys: Vec::new(),
+        };
+        assert!(
+            !apply(&jwks_cfg, &base, &jwks).2,
+            "same URL and CA: nothing to write"
+        );
+        let back = Keys::Static {
+            registry: vec![key.spki_pem()],
+        };
+        let (merged, keys, changed) = apply(&jwks_cfg, &base, &back);
+        assert!(changed);
+        assert!(!merged.contains_key("jwks_url") && !merged.contains_key("jwks_ca_pem"));
+        assert_eq!(keys, vec![key.spki_pem().trim().to_string()]);
+        // Static with every registry key present: nothing to write.
+        assert!(!apply(&static_cfg, &base, &back).2);
+    }
+
+    #[test]
     fn comma_joined_keys_split_back() {
         let k1 = placeholder_key().spki_pem();
         let joined = format!("{},{}", k1.trim(), k1.trim());

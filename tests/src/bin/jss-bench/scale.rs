@@ -215,16 +215,19 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
                 &["cluster", "init", "--cluster", &cluster, "--region", REGION],
             )?;
             let real = tempfile::tempdir()?;
-            register(&bao, &cluster, "real", real.path())?;
             fill_registry(port, &format!("jss-{cluster}"), n.saturating_sub(1))?;
             let _discovery;
             let setup = if mode == "static" {
-                // Folds the registry into jwt_validation_pubkeys: one entry.
+                // Folds the registry into jwt_validation_pubkeys (one entry);
+                // the real node registers last, so its key is the last one
+                // OpenBao tries: the cost of the newest node's logins.
                 jss_bootstrap(
                     &bao,
                     &["cluster", "init", "--cluster", &cluster, "--region", REGION],
                 )
+                .and_then(|_| register(&bao, &cluster, "real", real.path()))
             } else {
+                register(&bao, &cluster, "real", real.path())?;
                 let d = Discovery::start(&bao, &cluster, 5, &["--max-rate", "1000000"]);
                 let r = jss_bootstrap(
                     &bao,
@@ -244,7 +247,8 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
                         "--jwks-wait",
                         "300",
                     ],
-                );
+                )
+                .map(|_| ());
                 if r.is_ok() {
                     let body = d.get("/keys").map_err(|e| anyhow!(e))?.body;
                     f.insert(key("jwks_bytes"), body.len() as f64);
