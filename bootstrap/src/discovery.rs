@@ -210,6 +210,10 @@ pub async fn serve(v: Vault, a: &ServeArgs) -> Result<(), DiscoveryError> {
     Ok(())
 }
 
+/// Every this many refreshes every record is read again (see
+/// [`registry::Registry::sync`]); in between only new nodes are read.
+const FULL_READ_EVERY: u64 = 12;
+
 /// Rebuilds the JWKS from the registry; keeps the last good copy on errors.
 async fn refresh_loop(
     v: &Vault,
@@ -220,6 +224,8 @@ async fn refresh_loop(
     m: &Metrics,
 ) {
     let mut last_renew: Option<Instant> = None;
+    let mut cache = std::collections::BTreeMap::new();
+    let mut round: u64 = 0;
     loop {
         if last_renew.is_none_or(|t| t.elapsed() >= renew_every) {
             last_renew = Some(Instant::now());
@@ -237,9 +243,11 @@ async fn refresh_loop(
             }
         }
         let started = Instant::now();
-        match reg.all(v).await {
-            Ok(records) => {
-                let doc = Doc::new(&registry::jwks(records.into_values()));
+        let full = round % FULL_READ_EVERY == 0;
+        round += 1;
+        match reg.sync(v, &mut cache, full).await {
+            Ok(()) => {
+                let doc = Doc::new(&registry::jwks(cache.values().cloned()));
                 m.refreshed(doc.keys, started.elapsed());
                 tx.send_if_modified(|cur| {
                     let changed = cur.as_ref().is_none_or(|c| c.etag != doc.etag);
@@ -320,6 +328,7 @@ fn reply(status: StatusCode, ctype: &str, body: Bytes) -> Response<Full<Bytes>> 
 
 fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    let _span = tracing::debug_span!("request", method = %req.method(), %path).entered();
     let resp = route(s, &req);
     s.metrics.request(&path, resp.status().as_u16());
     if req.method() == Method::HEAD {

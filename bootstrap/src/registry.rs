@@ -261,6 +261,32 @@ impl Registry {
         Ok(out)
     }
 
+    /// Brings `cache` (records by node name) up to date: drops nodes no
+    /// longer listed and reads the new ones, or every one when `full`. One
+    /// list plus one read per new node, so a large registry costs Vault
+    /// little between full reads; a record rewritten under the same name (a
+    /// node re-registered with a new key) is seen at the next full read.
+    pub async fn sync(
+        &self,
+        v: &Vault,
+        cache: &mut BTreeMap<String, NodeRecord>,
+        full: bool,
+    ) -> Result<(), VaultError> {
+        let names = self.names(v).await?;
+        let listed: std::collections::BTreeSet<&String> = names.iter().collect();
+        cache.retain(|n, _| listed.contains(n));
+        for name in &names {
+            if !full && cache.contains_key(name) {
+                continue;
+            }
+            match self.get(v, name).await? {
+                Some((_, rec)) => cache.insert(name.clone(), rec),
+                None => cache.remove(name),
+            };
+        }
+        Ok(())
+    }
+
     /// The record holding `kid`.
     pub async fn by_kid(&self, v: &Vault, kid: &str) -> Result<NodeRecord, RegistryError> {
         self.all(v)
