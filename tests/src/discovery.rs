@@ -95,8 +95,16 @@ impl Discovery {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start jss-bootstrap discovery serve: {e}"));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // The first registry read is a read per node: minutes at 20,000.
+        let deadline = Instant::now() + Duration::from_secs(600);
         while Instant::now() < deadline {
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                break;
+            }
             if self.get("/healthz").is_ok_and(|r| r.status == 200) {
                 return;
             }

@@ -4,7 +4,8 @@
 //! JWKS size and serve rate. Each point has one real registration (the node
 //! that logs in); the other nodes' records are written straight into the
 //! registry with keys generated here. `JSS_BENCH_SCALE=1,100,1000` picks
-//! the sizes (default 1, 100, 1000, 5000, 20000).
+//! the sizes (default 1, 100, 1000, 5000, 20000), `JSS_BENCH_SCALE_MODES`
+//! the modes.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -29,6 +30,15 @@ fn sizes() -> Vec<usize> {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 100, 1000, 5000, 20000])
+}
+
+/// `JSS_BENCH_SCALE_MODES=jwks` runs one mode only (default both).
+fn modes() -> Vec<&'static str> {
+    let want = std::env::var("JSS_BENCH_SCALE_MODES").unwrap_or_default();
+    ["static", "jwks"]
+        .into_iter()
+        .filter(|m| want.is_empty() || want.split(',').any(|w| w.trim() == *m))
+        .collect()
 }
 
 /// One HTTP/1.1 request to OpenBao; (status, body).
@@ -206,7 +216,7 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
         "\n== static keys vs JWKS mode, raft-backed OpenBao ({seconds} s of logins per point) =="
     );
     for n in sizes() {
-        for mode in ["static", "jwks"] {
+        for mode in modes() {
             let cluster = format!("{}{n}", &mode[..1]);
             let key = |what: &str| format!("scale.{mode}.n{n}.{what}");
             let t = Instant::now();
