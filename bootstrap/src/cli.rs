@@ -294,9 +294,10 @@ pub struct ClusterInitArgs {
     /// TTL of the root CA, if one is created (also the PKI mount's max TTL).
     #[arg(long, default_value = "87600h")]
     pub root_ttl: String,
-    /// Key source of the mount; on an existing cluster, switches it live.
-    #[arg(long, value_enum, default_value = "static")]
-    pub keys: KeysMode,
+    /// Key source of the mount; on an existing cluster, switches it live
+    /// [default: keep the current one; static for a new mount]
+    #[arg(long, value_enum)]
+    pub keys: Option<KeysMode>,
     /// JWKS URL Vault fetches (--keys jwks): the discovery server's /keys.
     #[arg(long, required_if_eq("keys", "jwks"))]
     pub jwks_url: Option<String>,

@@ -49,7 +49,8 @@ pub struct ClusterSpec {
     pub token_ttl: String,
     pub root_cn: String,
     pub root_ttl: String,
-    pub keys: KeysMode,
+    /// `None` keeps the mount's current key source.
+    pub keys: Option<KeysMode>,
     /// Required with `KeysMode::Jwks`.
     pub jwks_url: Option<String>,
     /// PEM of the CA that verifies `jwks_url`.
@@ -163,11 +164,25 @@ pub async fn init(
 
     // Config: issuer, algorithms and the key source, switched in one write.
     let fields = register::base_fields(&spec.issuer, &spec.role);
+    let current = register::read_config(v, &spec.mount).await?;
     let (keys, source) = match (spec.keys, &spec.jwks_url) {
-        (KeysMode::Jwks, Some(url)) => {
+        (Some(KeysMode::Jwks), Some(url)) => {
             let ca = spec.jwks_ca_pem.as_deref();
             let k = migrate::jwks_keys(v, &target.registry, url, ca, spec.jwks_wait).await?;
             (k, format!("keys from {url}"))
+        }
+        // No --keys on a JWKS-mode mount: stay there, same URL and CA.
+        (None, _) if current.as_ref().is_some_and(|c| c.jwks_url().is_some()) => {
+            let c = current.as_ref();
+            let field = |k| {
+                c.and_then(|c| c.field(k))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            };
+            let url = field("jwks_url").unwrap_or_default();
+            let ca_pem = field("jwks_ca_pem").filter(|p| !p.is_empty());
+            let source = format!("keys from {url}");
+            (register::Keys::Jwks { url, ca_pem }, source)
         }
         _ => (
             migrate::static_keys(v, &target.registry).await?,

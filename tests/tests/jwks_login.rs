@@ -141,7 +141,26 @@ fn jwks_mode_logins_new_nodes_deregistration_and_the_switch_back() {
 
     // Back to static keys, live: node-0 and node-2 keep logging in.
     let t0 = mint(dirs[0].path(), &claims(c, "node-0"));
+    // A re-run without --keys keeps JWKS mode (and writes nothing).
     let report = cluster_init(&bao, c);
+    assert!(
+        report.contains(&format!("found    auth/{mount}/config")),
+        "{report}"
+    );
+    assert!(report.contains("keys from"), "{report}");
+    let report = ok_v(&with(
+        &[
+            "cluster",
+            "init",
+            "--cluster",
+            c,
+            "--region",
+            REGION,
+            "--keys",
+            "static",
+        ],
+        &vault_args(&bao),
+    ));
     assert!(report.contains("static keys"), "{report}");
     login(&bao, mount, &t0).expect("a token minted in JWKS mode logs in after the switch back");
     login_within(&bao, c, "node-2", dirs[2].path(), Duration::from_secs(1));
