@@ -307,6 +307,10 @@ pub struct ClusterInitArgs {
     /// Seconds to wait for the JWKS to serve every registered key before switching.
     #[arg(long, default_value_t = 60)]
     pub jwks_wait: u64,
+    /// Also TSI's constraint roles tsi-role-r|ri|rcn|rcni with policies
+    /// tsi-r|ri|rcn|rcni on secret/tsi-<kind>/<claims>/* (`tsi.secret/constraints`).
+    #[arg(long)]
+    pub tsi_compat: bool,
 }
 
 /// Who the node is and where it registers.
@@ -478,6 +482,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     None => None,
                 },
                 jwks_wait: std::time::Duration::from_secs(a.jwks_wait),
+                tsi_compat: a.tsi_compat,
             };
             for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
                 let _ = writeln!(out, "{s}");

@@ -6,6 +6,7 @@
 
 pub mod bao;
 pub mod ca;
+pub mod cluster;
 pub mod daemon;
 pub mod discovery;
 pub mod kubelet;
@@ -14,3 +15,4 @@ pub mod node;
 pub mod pods;
 pub mod swtpm;
 pub mod tpm_proxy;
+pub mod watch;

@@ -445,6 +445,13 @@ fn a_pcr_bound_key_stops_signing_when_the_boot_state_changes() {
     assert_eq!(binding.policy_digest.len(), 64);
     assert!(free.binding().is_none());
     bound.sign(b"before").unwrap();
+    // What `jss inspect` shows, read from the files without the TPM.
+    let info = signer::describe(bound_dir.path()).unwrap();
+    assert_eq!(
+        (info.kid.as_str(), info.binding.as_ref()),
+        (bound.kid(), Some(&binding))
+    );
+    assert!(signer::describe(free_dir.path()).unwrap().binding.is_none());
     let blob = std::fs::read_to_string(bound_dir.path().join(signer::TPM_KEY_FILE)).unwrap();
     assert!(
         blob.contains("jss-tpm-key/2") && blob.contains(&binding.policy_digest),

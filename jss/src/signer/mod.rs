@@ -3,11 +3,12 @@
 //! Two backends share one contract: [`TpmSigner`] keeps the key inside the TPM
 //! (only a TPM-wrapped blob lives on disk); [`SoftwareSigner`] keeps a PKCS#8
 //! key in the state directory for nodes without a TPM. Both return raw ES256
-//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers run it on a
-//! blocking thread.
+//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers go through
+//! [`SignQueue`], which runs it where the backend needs, callers first.
 
 mod jwk;
 mod pcr;
+mod queue;
 mod software;
 mod tpm;
 
@@ -18,8 +19,9 @@ use std::sync::Arc;
 
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
 pub use pcr::{PCR_BANK, PcrSelection};
+pub use queue::{Priority, QueueError, QueueStats, SignQueue};
 pub use software::SoftwareSigner;
-pub use tpm::{TpmSigner, tpm_reachable};
+pub use tpm::{TpmSigner, describe_blob, tpm_reachable};
 
 use crate::state::StateError;
 
@@ -266,6 +268,42 @@ pub fn open(
     };
     tracing::info!(backend = %signer.backend(), kid = signer.kid(), ?origin, "node key ready");
     Ok((signer, origin))
+}
+
+/// The node key in `state_dir` as its files describe it, without opening a
+/// TPM: backend, kid, and the PCR binding of a TPM key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub backend: String,
+    pub kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<PcrBinding>,
+}
+
+/// Reads [`KeyInfo`] for the key in `state_dir` (the TPM blob if present,
+/// else the software key).
+pub fn describe(state_dir: &Path) -> Result<KeyInfo, SignerError> {
+    let blob = state_dir.join(TPM_KEY_FILE);
+    if blob.exists() {
+        let (kid, binding) = describe_blob(&blob)?;
+        return Ok(KeyInfo {
+            backend: Backend::Tpm.to_string(),
+            kid,
+            binding,
+        });
+    }
+    let sw = state_dir.join(SOFTWARE_KEY_FILE);
+    if sw.exists() {
+        let s = SoftwareSigner::open(&sw)?;
+        return Ok(KeyInfo {
+            backend: Backend::Software.to_string(),
+            kid: s.kid().to_string(),
+            binding: None,
+        });
+    }
+    Err(SignerError::NoKey {
+        dir: state_dir.to_path_buf(),
+    })
 }
 
 /// Path of the key file a backend uses in `state_dir`.

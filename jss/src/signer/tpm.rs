@@ -283,10 +283,7 @@ impl TpmSigner {
 
     /// The PCRs the key is bound to and its policy digest, if bound.
     pub fn binding(&self) -> Option<PcrBinding> {
-        (!self.blob.pcrs.is_empty()).then(|| PcrBinding {
-            pcrs: self.blob.pcrs.clone(),
-            policy_digest: hex::encode(&self.blob.policy_digest),
-        })
+        self.blob.binding()
     }
 }
 
@@ -397,7 +394,26 @@ impl Signer for TpmSigner {
     }
 }
 
+/// The kid and PCR binding recorded in the blob at `path`, read without a
+/// TPM (for `jss inspect`).
+pub fn describe_blob(path: &Path) -> Result<(String, Option<PcrBinding>), SignerError> {
+    let corrupt = |reason| SignerError::CorruptKeyBlob {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let blob = KeyBlob::decode(&state::read_private(path)?).map_err(corrupt)?;
+    let public = public_of(&blob.public).map_err(corrupt)?;
+    Ok((public.kid, blob.binding()))
+}
+
 impl KeyBlob {
+    fn binding(&self) -> Option<PcrBinding> {
+        (!self.pcrs.is_empty()).then(|| PcrBinding {
+            pcrs: self.pcrs.clone(),
+            policy_digest: hex::encode(&self.policy_digest),
+        })
+    }
+
     fn encode(&self) -> Vec<u8> {
         blob::encode(&blob::Parts {
             parent: self.parent_name.clone(),

@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|secrets] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -15,12 +15,15 @@
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
 //! - scale: static keys vs JWKS mode at 1 to 20,000 nodes (not in `all`:
 //!   minutes of setup on a raft-backed OpenBao).
+//! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
+//!   written), the sidecar's RSS and CPU per refresh and while idle.
 
 mod attest;
 mod e2e;
 mod http;
 mod openbao;
 mod scale;
+mod secrets;
 mod sign;
 
 use std::collections::BTreeMap;
@@ -140,6 +143,27 @@ fn print_ratios(f: &mut Figures) {
             "daemon peak RSS, worst run (MiB)"
         );
     }
+    for (label, key, target) in [
+        (
+            "jss secrets --once, 10 secrets, p50 ms",
+            "secrets.once.n10.written_p50_ms",
+            "<= 50 ms",
+        ),
+        (
+            "jss secrets sidecar, 10 secrets, RSS MiB",
+            "secrets.sidecar.n10.rss_mib",
+            "<= 10 MiB",
+        ),
+        (
+            "jss secrets sidecar, idle CPU ms",
+            "secrets.sidecar.idle_cpu_ms",
+            "0 between refreshes",
+        ),
+    ] {
+        if let Some(v) = f.get(key) {
+            println!("{label:<52}: {v:>8.2}  {target}");
+        }
+    }
 }
 
 fn main() {
@@ -190,6 +214,9 @@ fn run() -> anyhow::Result<()> {
         }
         if what == "scale" {
             figures.extend(scale::run(seconds)?);
+        }
+        if matches!(what, "secrets" | "all") {
+            figures.extend(secrets::run(seconds));
         }
         passes.push(figures);
     }
