@@ -8,6 +8,7 @@ pub mod bao;
 pub mod ca;
 pub mod cluster;
 pub mod daemon;
+pub mod discovery;
 pub mod kubelet;
 pub mod net;
 pub mod node;

@@ -13,6 +13,8 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - scale: static keys vs JWKS mode at 1 to 20,000 nodes (not in `all`:
+//!   minutes of setup on a raft-backed OpenBao).
 //! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
 //!   written), the sidecar's RSS and CPU per refresh and while idle.
 
@@ -20,6 +22,7 @@ mod attest;
 mod e2e;
 mod http;
 mod openbao;
+mod scale;
 mod secrets;
 mod sign;
 
@@ -208,6 +211,9 @@ fn run() -> anyhow::Result<()> {
         }
         if matches!(what, "e2e" | "all") {
             figures.extend(e2e::run(seconds)?);
+        }
+        if what == "scale" {
+            figures.extend(scale::run(seconds)?);
         }
         if matches!(what, "secrets" | "all") {
             figures.extend(secrets::run(seconds));
