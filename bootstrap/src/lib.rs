@@ -1,7 +1,7 @@
 //! `jss-bootstrap`: what the cluster installer runs. It sets up Vault for a
 //! cluster (`cluster init`) and enrols nodes: node key, CSR signed by that key,
 //! Vault PKI signature, `chain.pem`, and the key registered in the cluster's
-//! JWT auth mount (DESIGN.md, "Vault layout").
+//! JWT auth mount (docs/design.md, "Vault layout").
 //!
 //! The binary is a thin `main`; the library lets the integration tests run
 //! the very same commands in-process.
@@ -9,12 +9,18 @@
 pub mod cli;
 mod cluster;
 pub mod csr;
+mod discovery;
+mod jwks;
 mod lock;
+mod membership;
+mod migrate;
 mod node;
 mod pki;
 mod policy;
 mod register;
+mod registry;
 mod vault;
+mod view;
 
 pub use cli::{Cli, run};
 
@@ -29,6 +35,12 @@ pub enum Error {
     Node(#[from] node::NodeError),
     #[error(transparent)]
     Csr(#[from] csr::CsrError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    View(#[from] view::ViewError),
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
     #[error("no node name: pass --node or set NODE_NAME")]
     NoNodeName,
     #[error("{0}")]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use vaultrs::api::kv2::requests::SetSecretRequestOptions;
 use vaultrs::kv2;
 
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultError, absent_as_none};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -180,31 +180,21 @@ async fn read(v: &Vault, spec: &LockSpec) -> Result<Option<(u64, LockDoc)>, Vaul
     let what = "read the registration lock";
     let full = spec.full();
     let meta = v
-        .retry(|| async {
+        .call(what, &full, || {
             kv2::read_metadata(v.client(), &spec.kv_mount, &spec.path)
-                .await
-                .map_err(|e| v.classify(e, what, &full))
         })
         .await;
-    let version = match meta {
-        Ok(m) if m.current_version > 0 => m.current_version,
-        Ok(_) => return Ok(None),
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e),
+    let version = match absent_as_none(meta)? {
+        Some(m) if m.current_version > 0 => m.current_version,
+        _ => return Ok(None),
     };
     let doc = v
-        .retry(|| async {
+        .call(what, &full, || {
             kv2::read_version::<LockDoc>(v.client(), &spec.kv_mount, &spec.path, version)
-                .await
-                .map_err(|e| v.classify(e, what, &full))
         })
         .await;
-    match doc {
-        Ok(d) => Ok(Some((version, d))),
-        // A deleted or destroyed version: treat as released at that version.
-        Err(e) if e.is_not_found() => Ok(Some((version, LockDoc::default()))),
-        Err(e) => Err(e),
-    }
+    // A deleted or destroyed version: treat as released at that version.
+    Ok(Some((version, absent_as_none(doc)?.unwrap_or_default())))
 }
 
 /// Writes the lock document with `cas` (0 = must not exist yet).
@@ -216,7 +206,7 @@ async fn write(v: &Vault, spec: &LockSpec, doc: &LockDoc, cas: u64) -> Result<u6
         detail: format!("lock version {cas} is out of range"),
     })?;
     let meta = v
-        .retry(|| async {
+        .call(what, &full, || {
             kv2::set_with_options(
                 v.client(),
                 &spec.kv_mount,
@@ -224,8 +214,6 @@ async fn write(v: &Vault, spec: &LockSpec, doc: &LockDoc, cas: u64) -> Result<u6
                 doc,
                 SetSecretRequestOptions { cas: cas32 },
             )
-            .await
-            .map_err(|e| v.classify(e, what, &full))
         })
         .await?;
     Ok(meta.version)

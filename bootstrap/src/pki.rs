@@ -6,7 +6,7 @@ use vaultrs::pki;
 
 use crate::vault::{Vault, VaultError};
 
-/// Key usages of a node CA certificate (DESIGN.md, "Trust chain").
+/// Key usages of a node CA certificate (docs/design.md, "Trust chain").
 pub const NODE_KEY_USAGE: &str = "DigitalSignature,CertSign,CRLSign";
 
 /// The root CA certificate (PEM) of `mount`, or `None` if it has none yet.
@@ -14,11 +14,7 @@ pub async fn root_ca(v: &Vault, mount: &str) -> Result<Option<String>, VaultErro
     let what = format!("read the root CA of {mount}/");
     let path = format!("{mount}/cert/ca");
     let r = v
-        .retry(|| async {
-            pki::cert::read(v.client(), mount, "ca")
-                .await
-                .map_err(|e| v.classify(e, &what, &path))
-        })
+        .call(&what, &path, || pki::cert::read(v.client(), mount, "ca"))
         .await;
     match r {
         Ok(c) if !c.certificate.trim().is_empty() => Ok(Some(c.certificate)),
@@ -42,7 +38,7 @@ pub async fn generate_root(
     let what = format!("generate a root CA in {mount}/");
     let path = format!("{mount}/root/generate/internal");
     let r = v
-        .retry(|| async {
+        .call(&what, &path, || async {
             pki::cert::ca::generate(
                 v.client(),
                 mount,
@@ -56,7 +52,6 @@ pub async fn generate_root(
                 ),
             )
             .await
-            .map_err(|e| v.classify(e, &what, &path))
         })
         .await?;
     r.map(|g| g.certificate).ok_or_else(|| VaultError::Answer {

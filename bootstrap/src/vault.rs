@@ -66,6 +66,15 @@ impl VaultError {
     }
 }
 
+/// A read whose 404 means "not there (yet)": `Ok(None)`; other errors stay.
+pub fn absent_as_none<T>(r: Result<T, VaultError>) -> Result<Option<T>, VaultError> {
+    match r {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A secret string whose Debug never shows it.
 #[derive(Clone, Default)]
 pub struct Secret(String);
@@ -196,7 +205,7 @@ impl Vault {
 
     /// Runs `op` (one Vault call), retrying transient failures with
     /// exponential backoff.
-    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, VaultError>
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, VaultError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, VaultError>>,
@@ -216,8 +225,23 @@ impl Vault {
         }
     }
 
+    /// One vaultrs call, `what` on `path` (for messages: "read a policy",
+    /// `sys/policy/NAME`): transient failures retried as [`Self::retry`] does,
+    /// errors mapped by [`Self::classify`].
+    pub async fn call<T, F, Fut>(&self, what: &str, path: &str, mut op: F) -> Result<T, VaultError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        self.retry(|| {
+            let call = op();
+            async move { call.await.map_err(|e| self.classify(e, what, path)) }
+        })
+        .await
+    }
+
     /// Maps a vaultrs error for the call `what` on `path`.
-    pub fn classify(&self, e: ClientError, what: &str, path: &str) -> VaultError {
+    fn classify(&self, e: ClientError, what: &str, path: &str) -> VaultError {
         use rustify::errors as re;
         let (code, errors) = match e {
             ClientError::APIError { code, errors } => (code, errors.join("; ")),

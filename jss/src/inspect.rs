@@ -52,6 +52,9 @@ pub struct Report {
     pub cgroup: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// With `--config`: the node key that would sign (kid, PCR binding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<crate::signer::KeyInfo>,
 }
 
 /// Runs the inspection; the report is printed as JSON by the caller.
@@ -94,5 +97,10 @@ pub fn run(args: &InspectArgs) -> Result<Report, InspectError> {
         container_id: loc.container_id,
         cgroup: loc.cgroup,
         workload,
+        // A key that cannot be read says so in the daemon's own start-up;
+        // here it only adds to the report.
+        node_key: cfg
+            .as_ref()
+            .and_then(|c| crate::signer::describe(&c.state_dir).ok()),
     })
 }

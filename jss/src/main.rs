@@ -53,10 +53,14 @@ enum Cmd {
     /// Write the secrets a `tsi.secrets` annotation names into files and keep
     /// them fresh (TSI's sidecar), or `exec` a command with secrets in its environment.
     Secrets(Box<jss::workload::secrets::SecretsArgs>),
-    /// Exit 0 if the daemon answers /healthz (for probes).
+    /// Exit 0 if the daemon answers /healthz: it serves its socket
+    /// (liveness). With --ready, exit 0 only if it can also sign (/readyz,
+    /// readiness): a key whose PCR policy no longer matches is live, not ready.
     Health {
         #[arg(long, env = "JSS_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        ready: bool,
     },
     /// Print the `images` claim (and `images-names`) for a pod's image list,
     /// as a secret maker needs it: containers in spec order, then init containers.
@@ -171,10 +175,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Secrets(args) => Ok(jss::workload::secrets::run(*args)?),
-        Cmd::Health { socket } => {
+        Cmd::Health { socket, ready } => {
             runtime()?.block_on(jss::client::get(
                 &socket,
-                "/healthz",
+                if ready { "/readyz" } else { "/healthz" },
                 Duration::from_secs(5),
             ))?;
             Ok(())

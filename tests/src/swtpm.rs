@@ -53,6 +53,11 @@ impl Swtpm {
         panic!("swtpm did not start: {last}");
     }
 
+    /// The command port; swtpm's control channel is at `port() + 1`.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }

@@ -1,6 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 //! Conformance with SPIRE's k8s workload attestor, using its fixtures and the
-//! expectations transcribed in `../shared/corpus/spire/` (Apache-2.0).
+//! expectations transcribed from its tests (Apache-2.0).
+//!
+//! The parser and "still starting" tests use the copies in
+//! `tests/fixtures/spire/` (provenance in its SOURCE.md). The conformance
+//! tests against SPIRE's whole table of expected results need the peer
+//! corpus, which is not in this repository: `JSS_PEER_CORPUS`, or
+//! `../shared/corpus/spire` beside the workspace. Without it they fail when
+//! `CI=true` (or when `JSS_PEER_CORPUS` names a directory that lacks it) and
+//! otherwise print that they did not run.
 //!
 //! Where we differ on purpose:
 //! * We follow SPIRE's new container locator, not its legacy regex: a path
@@ -21,6 +29,7 @@
 //!   container from a stale list; we refuse it (container_not_running).
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use jss::attest::cgroup::{self, PodRef};
@@ -28,14 +37,47 @@ use jss::attest::{Workload, proc_stat};
 use jss::kubelet::{PodList, PodQuery, PodSource, StaticPods};
 use serde_json::Value;
 
+/// SPIRE's test data copied into this repository.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/spire")
+}
+
+/// The peer corpus: `$JSS_PEER_CORPUS`, else `../shared/corpus/spire`
+/// relative to the workspace root.
 fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/spire");
-    assert!(
-        p.join("cgroup_cases.json").exists(),
-        "the SPIRE corpus is missing at {}",
-        p.display()
+    match std::env::var_os("JSS_PEER_CORPUS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new(".."))
+            .join("../shared/corpus/spire"),
+    }
+}
+
+/// Whether the conformance test `test` can run. A missing corpus fails it
+/// when `CI=true` or `JSS_PEER_CORPUS` is set; otherwise it says so on the
+/// terminal (past the test harness's output capture) and does not run.
+fn peer_corpus_present(test: &str) -> bool {
+    let dir = corpus();
+    if dir.join("cgroup_cases.json").is_file() {
+        return true;
+    }
+    let why = format!(
+        "the SPIRE peer corpus is not at {} (no cgroup_cases.json); set JSS_PEER_CORPUS \
+         to a copy of it",
+        dir.display()
     );
-    p
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let asked = std::env::var_os("JSS_PEER_CORPUS").is_some();
+    assert!(
+        !ci && !asked,
+        "{test}: {why} (required when CI=true or JSS_PEER_CORPUS is set)"
+    );
+    // Straight to the file descriptor (libtest captures only print!/eprint!),
+    // as one write so that it does not interleave with other tests' lines.
+    let line = format!("NOT RUN: attest_spire::{test}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
 }
 
 fn cases() -> Vec<Value> {
@@ -65,6 +107,9 @@ fn as_spire(m: Option<cgroup::PathMatch>) -> (String, String) {
 
 #[test]
 fn single_paths() {
+    if !peer_corpus_present("single_paths") {
+        return;
+    }
     let mut n = 0;
     for c in cases().iter().filter(|c| c["kind"] == "single_cgroup_path") {
         let input = c["input"].as_str().unwrap();
@@ -88,6 +133,9 @@ fn single_paths() {
 
 #[test]
 fn lists_of_paths() {
+    if !peer_corpus_present("lists_of_paths") {
+        return;
+    }
     let mut n = 0;
     for c in cases()
         .iter()
@@ -147,6 +195,9 @@ fn selectors(w: &Workload) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn proc_cgroup_files_against_pod_lists() {
+    if !peer_corpus_present("proc_cgroup_files_against_pod_lists") {
+        return;
+    }
     let root = corpus();
     let sel: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("expected_selectors.json")).unwrap(),
@@ -230,7 +281,7 @@ async fn proc_cgroup_files_against_pod_lists() {
 
 #[tokio::test]
 async fn a_container_still_starting_is_not_found() {
-    let root = corpus().join("agent/plugin/workloadattestor/k8s/testdata");
+    let root = fixtures().join("agent/plugin/workloadattestor/k8s/testdata");
     let pods = StaticPods::from_file(&root.join("pod_list_not_running.json")).unwrap();
     let q = PodQuery {
         pod_uid: Some("2c48913c-b29f-11e7-9350-020968147796".into()),
@@ -262,6 +313,9 @@ const SUPERSEDED_MOUNTINFO_CASES: &[&str] = &[
 
 #[test]
 fn containerinfo_trees() {
+    if !peer_corpus_present("containerinfo_trees") {
+        return;
+    }
     let (mut n, mut superseded) = (0, Vec::new());
     let cases = cases();
     for c in cases
@@ -337,7 +391,7 @@ fn containerinfo_trees() {
 
 #[test]
 fn cgroup_line_parser() {
-    let d = corpus().join("derived/cgroups_parser");
+    let d = fixtures().join("derived/cgroups_parser");
     let simple = std::fs::read_to_string(d.join("simple.txt")).unwrap();
     let lines: Vec<_> = simple
         .lines()
@@ -366,16 +420,16 @@ fn cgroup_line_parser() {
 
 #[test]
 fn kubelet_pod_list_parser() {
-    let d = corpus().join("derived/kubelet_podlist_parse");
+    let d = fixtures().join("derived/kubelet_podlist_parse");
     let parse = |f: &str| PodList::parse(&std::fs::read(d.join(f)).unwrap());
+    // SPIRE keeps these UID-only pods; JSS also skips a pod without a name
+    // or namespace (an empty namespace claim would be shared by every such
+    // pod), so here every item is skipped and counted.
     let two = parse("two_pods.json").unwrap();
-    assert_eq!(
-        two.pods.iter().map(|p| p.uid.as_str()).collect::<Vec<_>>(),
-        ["pod-1", "pod-2"]
-    );
+    assert_eq!((two.pods.len(), two.skipped), (0, 2));
     assert!(parse("items_null.json").unwrap().pods.is_empty());
     let skipped = parse("pod_without_uid.json").unwrap();
-    assert_eq!((skipped.pods.len(), skipped.skipped), (1, 1));
+    assert_eq!((skipped.pods.len(), skipped.skipped), (0, 2));
     for bad in [
         "malformed.json",
         "non_object.json",
@@ -392,7 +446,7 @@ fn kubelet_pod_list_parser() {
 
 #[test]
 fn proc_stat_parser() {
-    let d = corpus().join("derived/proc_stat");
+    let d = fixtures().join("derived/proc_stat");
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     assert_eq!(proc_stat::start_time(&read("simple_comm.stat")), Ok(24));
     assert_eq!(proc_stat::start_time(&read("comm_with_space.stat")), Ok(24));

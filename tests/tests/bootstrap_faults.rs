@@ -124,6 +124,7 @@ fn assert_consistent(bao: &Bao, state: &Path, registered: &[PathBuf], ctx: &str)
         kind: SignerKind::Software,
         tcti: String::new(),
         state_dir: state.to_path_buf(),
+        pcrs: None,
     };
     let (s, _) = signer::open(&cfg, KeyPolicy::MustExist).unwrap();
     let chain =

@@ -10,6 +10,7 @@ use std::time::Instant;
 use bootstrap_common::*;
 use jss::chain::{CHAIN_FILE, Chain};
 use jss_tests::bao::Bao;
+use jss_tests::daemon::bin;
 
 const IMG: &str = "us.icr.io/tsi/myubuntu@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -251,6 +252,8 @@ path "pki/root/sign-intermediate" { capabilities = ["update"] }
 path "auth/jss-c1/config" { capabilities = ["read"] }
 path "secret/data/jss/locks/jss-c1" { capabilities = ["create", "read", "update"] }
 path "secret/metadata/jss/locks/jss-c1" { capabilities = ["read"] }
+path "secret/data/jss/registry/jss-c1/*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/jss/registry/jss-c1/*" { capabilities = ["read"] }
 "#,
     );
     let file = bao.token_file("partial", &partial);
@@ -296,6 +299,25 @@ fn vault_down_gives_a_clear_error_and_writes_nothing() {
     assert!(e.contains("VAULT_ADDR"), "{e}");
     assert!(!state.exists(), "state was written although Vault was down");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // The binary, its stderr a pipe as under systemd or in a pod: the retry
+    // warning is logged, as plain text (no terminal colour codes).
+    let o = std::process::Command::new(bin("jss-bootstrap"))
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("retrying"), "{stderr}");
+    assert!(stderr.contains("cannot reach Vault"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+    assert!(!state.exists(), "state was written although Vault was down");
 }
 
 #[test]

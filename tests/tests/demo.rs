@@ -418,6 +418,7 @@ fn tsi_demo_and_every_refusal() {
             kind: SignerKind::Tpm,
             tcti: d.tpm.tcti(),
             state_dir: d.state(),
+            pcrs: None,
         },
         KeyPolicy::MustExist,
     )
@@ -464,6 +465,7 @@ fn tsi_demo_and_every_refusal() {
             kind: SignerKind::Software,
             tcti: String::new(),
             state_dir: stranger_dir.path().to_path_buf(),
+            pcrs: None,
         },
         KeyPolicy::CreateIfMissing,
     )

@@ -22,7 +22,24 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.34.0", "1.37.0"];
 const MAX_EXPOSURE: f64 = 2.0;
 
 /// The kustomizations and what each must render.
-const KUSTOMIZATIONS: &[&str] = &["base", "privileged", "example-app"];
+const KUSTOMIZATIONS: &[&str] = &["base", "privileged", "legacy-nodes-proxy", "example-app"];
+
+/// JSON patches of the overlays: not manifests on their own.
+const PATCHES: &[&str] = &[
+    "privileged/privileged.yaml",
+    "legacy-nodes-proxy/nodes-proxy.yaml",
+];
+
+/// The only kustomization that may grant `nodes/proxy` (kubelets without
+/// fine-grained authorization), and what its warning must name.
+const LEGACY_OVERLAY: &str = "legacy-nodes-proxy";
+const NODES_PROXY_WARNING: &[&str] = &[
+    "WARNING",
+    "exec",
+    "attach",
+    "port-forward",
+    "every container",
+];
 
 /// Every key the daemon's config.toml knows (the interface; unknown keys are errors).
 const CONFIG_TOP_KEYS: &[&str] = &[
@@ -425,8 +442,8 @@ fn manifest_files() -> Vec<PathBuf> {
         for entry in fs::read_dir(daemonset_dir().join(sub)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            if name.ends_with(".yaml") && name != "kustomization.yaml" && name != "privileged.yaml"
-            {
+            let patch = PATCHES.contains(&format!("{sub}/{name}").as_str());
+            if name.ends_with(".yaml") && name != "kustomization.yaml" && !patch {
                 files.push(path);
             }
         }
@@ -596,11 +613,12 @@ fn base_kustomization_renders_the_daemonset_as_designed() {
         }
     }
 
-    // RBAC: nodes/proxy get, nothing more, bound to the DaemonSet's account.
+    // RBAC: nodes/pods get (the kubelet's GET /pods), nothing more, bound to
+    // the DaemonSet's account.
     let role = find(&docs, "ClusterRole", "jss-kubelet-reader");
     assert_eq!(
         role["rules"],
-        serde_json::json!([{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]}])
+        serde_json::json!([{"apiGroups": [""], "resources": ["nodes/pods"], "verbs": ["get"]}])
     );
     let binding = find(&docs, "ClusterRoleBinding", "jss-kubelet-reader");
     assert_eq!(binding["roleRef"]["name"], "jss-kubelet-reader");
@@ -691,7 +709,13 @@ fn base_kustomization_renders_the_daemonset_as_designed() {
         assert!(c["resources"]["limits"]["memory"].is_string());
     }
     let socket = cfg["socket"].as_str().unwrap();
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+    // Liveness and startup: the daemon serves. Readiness: it can also sign
+    // (a key whose PCR policy no longer matches is live, not ready).
+    assert_eq!(
+        strings(&main["readinessProbe"]["exec"]["command"]),
+        ["jss", "health", "--ready", "--socket", socket]
+    );
+    for probe in ["startupProbe", "livenessProbe"] {
         assert_eq!(
             strings(&main[probe]["exec"]["command"]),
             ["jss", "health", "--socket", socket],
@@ -706,6 +730,140 @@ fn base_kustomization_renders_the_daemonset_as_designed() {
     assert_eq!(mount("machine-id")["readOnly"], true);
     assert_eq!(mount("config")["mountPath"], "/etc/jss");
     assert!(socket.starts_with("/run/jss/"));
+}
+
+/// Whether an RBAC object grants anything on `nodes/proxy` (by name or by a
+/// wildcard that covers it).
+fn grants_nodes_proxy(doc: &Value) -> bool {
+    if doc["kind"] != "ClusterRole" && doc["kind"] != "Role" {
+        return false;
+    }
+    // Rules without apiGroups or resources (nonResourceURLs) grant no node
+    // subresource.
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    doc["rules"].as_array().into_iter().flatten().any(|rule| {
+        let core = list(&rule["apiGroups"])
+            .iter()
+            .any(|g| g.is_empty() || g == "*");
+        core && list(&rule["resources"])
+            .iter()
+            .any(|r| ["nodes/proxy", "nodes/*", "*"].contains(&r.as_str()))
+    })
+}
+
+/// Every string value in a parsed YAML document.
+fn all_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| all_strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| all_strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Every .yaml file under daemonset/, at any depth.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn nothing_outside_the_legacy_overlay_grants_nodes_proxy() {
+    // `get` on nodes/proxy lets its holder exec into every container on every
+    // node; the daemon needs only the kubelet's GET /pods (nodes/pods).
+    // The check sees a wildcard too, and no grant where there is none.
+    let role = |resources: &[&str]| {
+        serde_json::json!({"kind": "ClusterRole",
+            "rules": [{"apiGroups": [""], "resources": resources, "verbs": ["get"]}]})
+    };
+    assert!(grants_nodes_proxy(&role(&["*"])) && grants_nodes_proxy(&role(&["nodes/*"])));
+    assert!(!grants_nodes_proxy(&role(&["nodes/pods"])));
+
+    let legacy = daemonset_dir().join(LEGACY_OVERLAY);
+    let mut files = Vec::new();
+    yaml_files(&daemonset_dir(), &mut files);
+    assert!(files.len() >= 10, "{files:?}");
+    for file in files.iter().filter(|f| !f.starts_with(&legacy)) {
+        for doc in yaml_docs(&fs::read(file).unwrap()) {
+            let mut found = Vec::new();
+            all_strings(&doc, &mut found);
+            assert!(
+                !found.iter().any(|s| s.contains("nodes/proxy")) && !grants_nodes_proxy(&doc),
+                "{file:?} names nodes/proxy; only daemonset/{LEGACY_OVERLAY} may"
+            );
+        }
+    }
+    for sub in KUSTOMIZATIONS.iter().filter(|k| **k != LEGACY_OVERLAY) {
+        let docs = yaml_docs(&render(sub));
+        for doc in &docs {
+            assert!(
+                !grants_nodes_proxy(doc),
+                "kustomization {sub} grants nodes/proxy: {doc}"
+            );
+        }
+    }
+}
+
+#[test]
+fn legacy_overlay_adds_nodes_proxy_and_says_what_it_allows() {
+    let base = yaml_docs(&render("base"));
+    let docs = yaml_docs(&render(LEGACY_OVERLAY));
+    let role = find(&docs, "ClusterRole", "jss-kubelet-reader");
+    assert!(grants_nodes_proxy(role), "{role}");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{
+            "apiGroups": [""],
+            "resources": ["nodes/pods", "nodes/proxy"],
+            "verbs": ["get"]
+        }])
+    );
+    // The warning reaches the cluster (`kubectl describe clusterrole`)...
+    let note = role["metadata"]["annotations"]["kubernetes.io/description"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no warning annotation: {role}"));
+    for word in [
+        "LEGACY",
+        "exec",
+        "attach",
+        "port-forward",
+        "every container",
+    ] {
+        assert!(note.contains(word), "annotation lacks {word:?}: {note}");
+    }
+    // ...and is the first thing in the overlay's kustomization.
+    let kustomization = fs::read_to_string(
+        daemonset_dir()
+            .join(LEGACY_OVERLAY)
+            .join("kustomization.yaml"),
+    )
+    .unwrap();
+    for word in NODES_PROXY_WARNING {
+        assert!(
+            kustomization.contains(word),
+            "{LEGACY_OVERLAY}/kustomization.yaml: warning lacks {word:?}"
+        );
+    }
+    // Apart from the role, the overlay is the base.
+    let others = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"] != "ClusterRole")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(others(&docs), others(&base));
 }
 
 #[test]

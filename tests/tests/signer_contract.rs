@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use jss::signer::{self, Backend, KeyOrigin, KeyPolicy, Signer, SignerConfig, SignerKind};
+use jss::signer::{
+    self, Backend, KeyOrigin, KeyPolicy, PcrSelection, Signer, SignerConfig, SignerKind,
+};
 use jss::token::TokenEncoder;
 use jss_tests::swtpm::Swtpm;
 use p256::ecdsa::signature::Verifier as _;
@@ -18,6 +20,7 @@ fn cfg(kind: SignerKind, tcti: &str, dir: &Path) -> SignerConfig {
         kind,
         tcti: tcti.to_string(),
         state_dir: dir.to_path_buf(),
+        pcrs: Some(PcrSelection::none()),
     }
 }
 
@@ -25,6 +28,7 @@ fn cfg(kind: SignerKind, tcti: &str, dir: &Path) -> SignerConfig {
 struct Fixture {
     kind: SignerKind,
     tpm: Option<Swtpm>,
+    pcrs: PcrSelection,
 }
 
 impl Fixture {
@@ -32,12 +36,22 @@ impl Fixture {
         Self {
             kind: SignerKind::Software,
             tpm: None,
+            pcrs: PcrSelection::none(),
         }
     }
     fn tpm() -> Self {
         Self {
             kind: SignerKind::Tpm,
             tpm: Some(Swtpm::start()),
+            pcrs: PcrSelection::none(),
+        }
+    }
+    /// A TPM key bound to PCR 7 (the bootstrap default): every signature
+    /// runs PolicyPCR first.
+    fn tpm_pcr7() -> Self {
+        Self {
+            pcrs: PcrSelection::secure_boot(),
+            ..Self::tpm()
         }
     }
     fn tcti(&self) -> String {
@@ -45,7 +59,10 @@ impl Fixture {
     }
     fn open(&self, dir: &Path) -> Arc<dyn Signer> {
         signer::open(
-            &cfg(self.kind, &self.tcti(), dir),
+            &SignerConfig {
+                pcrs: Some(self.pcrs.clone()),
+                ..cfg(self.kind, &self.tcti(), dir)
+            },
             KeyPolicy::CreateIfMissing,
         )
         .unwrap()
@@ -170,6 +187,9 @@ macro_rules! contract {
         }
         mod tpm {
             $(#[test] fn $name() { super::$name(super::Fixture::tpm()) })*
+        }
+        mod tpm_pcr7 {
+            $(#[test] fn $name() { super::$name(super::Fixture::tpm_pcr7()) })*
         }
     };
 }
@@ -391,4 +411,83 @@ fn node_init_keeps_the_key_software() {
 fn node_init_keeps_the_key_tpm() {
     let tpm = Swtpm::start();
     node_init_twice("tpm", &tpm.tcti());
+}
+
+// --- Boot-state binding (TPM PCR policy) ----------------------------------
+
+/// Extends PCR 7 of the TPM at `tcti` (the boot state changes).
+fn extend_pcr7(tcti: &str) {
+    let out = std::process::Command::new("tpm2_pcrextend")
+        .args(["-T", tcti, &format!("7:sha256={}", "ab".repeat(32))])
+        .output()
+        .expect("tpm2_pcrextend (tpm2-tools) is installed by swtpm-ci/install-deps");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_pcr_bound_key_stops_signing_when_the_boot_state_changes() {
+    let f = Fixture::tpm_pcr7();
+    let (bound_dir, free_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bound = f.open(bound_dir.path());
+    // An unbound key on the same TPM, for contrast.
+    let free = signer::open(
+        &cfg(SignerKind::Tpm, &f.tcti(), free_dir.path()),
+        KeyPolicy::CreateIfMissing,
+    )
+    .unwrap()
+    .0;
+    let binding = bound.binding().expect("bound to PCR 7");
+    assert_eq!(binding.pcrs.to_string(), "sha256:7");
+    assert_eq!(binding.policy_digest.len(), 64);
+    assert!(free.binding().is_none());
+    bound.sign(b"before").unwrap();
+    // What `jss inspect` shows, read from the files without the TPM.
+    let info = signer::describe(bound_dir.path()).unwrap();
+    assert_eq!(
+        (info.kid.as_str(), info.binding.as_ref()),
+        (bound.kid(), Some(&binding))
+    );
+    assert!(signer::describe(free_dir.path()).unwrap().binding.is_none());
+    let blob = std::fs::read_to_string(bound_dir.path().join(signer::TPM_KEY_FILE)).unwrap();
+    assert!(
+        blob.contains("jss-tpm-key/2") && blob.contains(&binding.policy_digest),
+        "{blob}"
+    );
+
+    extend_pcr7(&f.tcti());
+    for _ in 0..2 {
+        let e = bound.sign(b"after").unwrap_err();
+        assert_eq!(e.reason(), "pcr_mismatch", "{e}");
+        assert!(!e.is_transient(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("boot state changed") && msg.contains("--rotate"),
+            "{msg}"
+        );
+    }
+    // The TPM, not the daemon, refuses: a fresh open of the same blob loads
+    // the key and still cannot sign; an unbound key on the same TPM can.
+    drop(bound);
+    let again = f.open(bound_dir.path());
+    assert_eq!(again.sign(b"x").unwrap_err().reason(), "pcr_mismatch");
+    free.sign(b"unbound keys do not care").unwrap();
+}
+
+#[test]
+fn a_software_key_cannot_be_pcr_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = signer::open(
+        &SignerConfig {
+            pcrs: Some(PcrSelection::secure_boot()),
+            ..cfg(SignerKind::Software, "", dir.path())
+        },
+        KeyPolicy::CreateIfMissing,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("cannot be bound to PCRs"), "{e}");
+    assert!(!dir.path().join(signer::SOFTWARE_KEY_FILE).exists());
 }

@@ -5,30 +5,6 @@ use std::path::PathBuf;
 use super::cgroup::CgroupError;
 use crate::kubelet::LookupError;
 
-/// How the server answers a refusal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DenyClass {
-    /// 403: the caller is not a pod container we can vouch for.
-    Forbidden,
-    /// 401: the caller is not the process that connected (PID reuse).
-    Unauthorized,
-    /// 503: the kubelet is down, refuses us, is slow or talks nonsense.
-    Unavailable,
-    /// 500: our own environment is broken (cannot read /proc, …).
-    Internal,
-}
-
-impl DenyClass {
-    pub fn http_status(self) -> u16 {
-        match self {
-            DenyClass::Forbidden => 403,
-            DenyClass::Unauthorized => 401,
-            DenyClass::Unavailable => 503,
-            DenyClass::Internal => 500,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
     #[error(
@@ -71,7 +47,9 @@ pub enum AttestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("malformed {path} for process {pid}: {reason}")]
+    #[error(
+        "malformed {path} for process {pid}: {reason}; JSS cannot tell which container the process is in (check proc_root points at the host's /proc)"
+    )]
     ProcMalformed {
         pid: i32,
         path: PathBuf,
@@ -81,7 +59,9 @@ pub enum AttestError {
         "process {pid} is not in a Kubernetes pod container (cgroup {cgroup}); only pod containers on this node get tokens"
     )]
     NotInPod { pid: i32, cgroup: String },
-    #[error("process {pid}: its cgroups disagree about the pod or container (cgroup {cgroup})")]
+    #[error(
+        "process {pid}: its cgroups name more than one pod or container (cgroup {cgroup}); JSS will not pick one, so a process in such cgroups gets no token"
+    )]
     CgroupConflict {
         pid: i32,
         cgroup: String,
@@ -102,40 +82,9 @@ pub enum AttestError {
 }
 
 impl AttestError {
-    /// Short machine code: the JSON error code and the metrics label.
+    /// The refusal code the socket API answers with (the contract, with
+    /// statuses, is `server::refusal`).
     pub fn code(&self) -> &'static str {
-        match self {
-            AttestError::ProcessGone { .. } | AttestError::ConnectorExited { .. } => "process_gone",
-            AttestError::NoPeerCredentials(_) => "no_peer_credentials",
-            AttestError::NoPeerPid => "no_peer_pid",
-            AttestError::NoPidfd { .. } => "no_pidfd",
-            AttestError::ProcRead { .. } => "proc_unreadable",
-            AttestError::ProcMalformed { .. } => "proc_malformed",
-            AttestError::NotInPod { .. } => "not_in_pod",
-            AttestError::CgroupConflict { .. } => "cgroup_conflict",
-            AttestError::ProcessChanged { .. } => "process_changed",
-            AttestError::Lookup { source, .. } => source.code(),
-        }
-    }
-
-    pub fn class(&self) -> DenyClass {
-        match self {
-            AttestError::ProcessGone { .. }
-            | AttestError::ConnectorExited { .. }
-            | AttestError::ProcessChanged { .. } => DenyClass::Unauthorized,
-            AttestError::NoPeerCredentials(_) | AttestError::NoPeerPid => DenyClass::Forbidden,
-            AttestError::ProcRead { .. } | AttestError::ProcMalformed { .. } => DenyClass::Internal,
-            AttestError::NoPidfd { .. } => DenyClass::Unavailable,
-            AttestError::NotInPod { .. } | AttestError::CgroupConflict { .. } => {
-                DenyClass::Forbidden
-            }
-            AttestError::Lookup { source, .. } => match source {
-                LookupError::NotFound { .. }
-                | LookupError::NotRunning { .. }
-                | LookupError::PodMismatch { .. } => DenyClass::Forbidden,
-                LookupError::Duplicate { .. } => DenyClass::Internal,
-                LookupError::Kubelet(_) => DenyClass::Unavailable,
-            },
-        }
+        crate::server::Code::from(self).as_str()
     }
 }

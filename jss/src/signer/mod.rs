@@ -3,10 +3,12 @@
 //! Two backends share one contract: [`TpmSigner`] keeps the key inside the TPM
 //! (only a TPM-wrapped blob lives on disk); [`SoftwareSigner`] keeps a PKCS#8
 //! key in the state directory for nodes without a TPM. Both return raw ES256
-//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers run it on a
-//! blocking thread.
+//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers go through
+//! [`SignQueue`], which runs it where the backend needs, callers first.
 
 mod jwk;
+mod pcr;
+mod queue;
 mod software;
 mod tpm;
 
@@ -16,8 +18,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
+pub use pcr::{PCR_BANK, PcrSelection};
+pub use queue::{Priority, QueueError, QueueStats, SignQueue};
 pub use software::SoftwareSigner;
-pub use tpm::{TpmSigner, tpm_reachable};
+pub use tpm::{TpmSigner, describe_blob, tpm_reachable};
 
 use crate::state::StateError;
 
@@ -79,6 +83,18 @@ pub trait Signer: Send + Sync + fmt::Debug {
     }
     /// ES256 over `signing_input` (SHA-256 then ECDSA P-256), as `r‖s`. Blocks.
     fn sign(&self, signing_input: &[u8]) -> Result<[u8; 64], SignerError>;
+    /// The boot state the key is bound to (TPM PCR policy), if any.
+    fn binding(&self) -> Option<PcrBinding> {
+        None
+    }
+}
+
+/// A key's PCR policy: the selection (SHA-256 bank) and the policy digest
+/// (lowercase hex, TPM2_PolicyPCR over the PCR values at creation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PcrBinding {
+    pub pcrs: PcrSelection,
+    pub policy_digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +139,14 @@ pub enum SignerError {
     },
     #[error("no node key in {dir}; create one with `jss-bootstrap node init --state-dir {dir}`")]
     NoKey { dir: PathBuf },
+    #[error(
+        "the TPM refused to sign: the node's boot state changed since the node key was created (PCRs {pcrs} no longer hold the values the key is bound to). After an intended firmware, Secure Boot or bootloader update, run `jss-bootstrap node register --rotate` to bind a new key to the new state; otherwise investigate the node's boot chain before trusting it"
+    )]
+    PcrMismatch { pcrs: String },
+    #[error(
+        "a software node key cannot be bound to PCRs ({pcrs} requested): only a TPM enforces that; use signer kind tpm, or --pcrs none"
+    )]
+    SoftwareCannotBind { pcrs: String },
     #[error("ECDSA signing failed: {0}")]
     Software(String),
     #[error(transparent)]
@@ -137,6 +161,17 @@ impl SignerError {
             Self::TpmUnreachable { .. } | Self::Tpm { .. } | Self::TpmAnswer { .. }
         )
     }
+
+    /// A short label for metrics (`jss_signer_errors_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PcrMismatch { .. } => "pcr_mismatch",
+            Self::TpmUnreachable { .. } | Self::TpmKeyButNoTpm { .. } => "tpm_unreachable",
+            Self::Tpm { .. } | Self::TpmAnswer { .. } => "tpm_error",
+            Self::Software(_) => "software",
+            _ => "key",
+        }
+    }
 }
 
 /// Where the node key lives and how to reach the TPM.
@@ -145,6 +180,10 @@ pub struct SignerConfig {
     pub kind: SignerKind,
     pub tcti: String,
     pub state_dir: PathBuf,
+    /// PCRs a key created now is bound to; `None` is the backend's default
+    /// (PCR 7 for a TPM key, nothing for a software one). Keys that exist
+    /// keep their own binding.
+    pub pcrs: Option<PcrSelection>,
 }
 
 /// Whether [`open`] may create a missing key (bootstrap) or must find one (daemon).
@@ -203,9 +242,17 @@ pub fn open(
         KeyOrigin::Created
     };
     let signer: Arc<dyn Signer> = match backend {
-        Backend::Software => Arc::new(SoftwareSigner::open(&sw_key)?),
+        Backend::Software => match &cfg.pcrs {
+            Some(p) if !p.is_empty() && !exists => {
+                return Err(SignerError::SoftwareCannotBind {
+                    pcrs: p.to_string(),
+                });
+            }
+            _ => Arc::new(SoftwareSigner::open(&sw_key)?),
+        },
         Backend::Tpm => {
-            let s = TpmSigner::open(&cfg.tcti, &tpm_blob);
+            let pcrs = cfg.pcrs.clone().unwrap_or_else(PcrSelection::secure_boot);
+            let s = TpmSigner::open(&cfg.tcti, &tpm_blob, &pcrs);
             match s {
                 Err(e @ (SignerError::TpmUnreachable { .. } | SignerError::BadTcti { .. }))
                     if cfg.kind == SignerKind::Auto && exists =>
@@ -221,6 +268,42 @@ pub fn open(
     };
     tracing::info!(backend = %signer.backend(), kid = signer.kid(), ?origin, "node key ready");
     Ok((signer, origin))
+}
+
+/// The node key in `state_dir` as its files describe it, without opening a
+/// TPM: backend, kid, and the PCR binding of a TPM key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub backend: String,
+    pub kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<PcrBinding>,
+}
+
+/// Reads [`KeyInfo`] for the key in `state_dir` (the TPM blob if present,
+/// else the software key).
+pub fn describe(state_dir: &Path) -> Result<KeyInfo, SignerError> {
+    let blob = state_dir.join(TPM_KEY_FILE);
+    if blob.exists() {
+        let (kid, binding) = describe_blob(&blob)?;
+        return Ok(KeyInfo {
+            backend: Backend::Tpm.to_string(),
+            kid,
+            binding,
+        });
+    }
+    let sw = state_dir.join(SOFTWARE_KEY_FILE);
+    if sw.exists() {
+        let s = SoftwareSigner::open(&sw)?;
+        return Ok(KeyInfo {
+            backend: Backend::Software.to_string(),
+            kid: s.kid().to_string(),
+            binding: None,
+        });
+    }
+    Err(SignerError::NoKey {
+        dir: state_dir.to_path_buf(),
+    })
 }
 
 /// Path of the key file a backend uses in `state_dir`.

@@ -32,9 +32,10 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::utils::{PublicKey as TpmPublicKey, create_unrestricted_signing_ecc_public};
 
 mod blob;
+mod policy;
 use blob::KeyBlob;
 
-use super::{Backend, NodePublicKey, Signer, SignerError};
+use super::{Backend, NodePublicKey, PcrBinding, PcrSelection, Signer, SignerError};
 use crate::state;
 
 pub struct TpmSigner {
@@ -61,6 +62,8 @@ impl fmt::Debug for TpmSigner {
 struct Connection {
     ctx: Context,
     key: KeyHandle,
+    /// For a PCR-bound key: the policy session, started at the first sign.
+    policy: Option<AuthSession>,
 }
 
 fn tpm_err(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> SignerError {
@@ -118,11 +121,32 @@ fn storage_primary_template() -> Result<Public, tss_esapi::Error> {
         .build()
 }
 
-fn node_key_template() -> Result<Public, tss_esapi::Error> {
-    create_unrestricted_signing_ecc_public(
-        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-        EccCurve::NistP256,
-    )
+fn node_key_template(policy: Option<Digest>) -> Result<Public, tss_esapi::Error> {
+    let scheme = EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256));
+    let Some(policy) = policy else {
+        return create_unrestricted_signing_ecc_public(scheme, EccCurve::NistP256);
+    };
+    // As the unbound template, but only the policy may authorise the key.
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(false)
+        .with_decrypt(false)
+        .with_sign_encrypt(true)
+        .with_restricted(false)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_auth_policy(policy)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(scheme, EccCurve::NistP256)
+                .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
 }
 
 /// Creates the storage primary; returns its handle and name.
@@ -169,17 +193,18 @@ fn is_software_tpm(vendor: &str) -> bool {
 
 impl TpmSigner {
     /// Loads the key blob at `blob_path`, creating the key in the TPM first
-    /// if the file is absent.
-    pub fn open(tcti: &str, blob_path: &Path) -> Result<Self, SignerError> {
+    /// if the file is absent, bound to `pcrs` (empty: not bound). An
+    /// existing key keeps the binding it was created with.
+    pub fn open(tcti: &str, blob_path: &Path, pcrs: &PcrSelection) -> Result<Self, SignerError> {
         let mut ctx = connect(tcti)?;
         let vendor = vendor_string(&mut ctx);
         if !blob_path.exists() {
             if let Some(dir) = blob_path.parent() {
                 state::ensure_dir(dir)?;
             }
-            let blob = create_key(&mut ctx)?;
+            let blob = create_key(&mut ctx, pcrs)?;
             state::write_atomic(blob_path, &blob.encode(), 0o600)?;
-            tracing::info!(path = %blob_path.display(), "created node key inside the TPM");
+            tracing::info!(path = %blob_path.display(), pcrs = %pcrs, "created node key inside the TPM");
         }
         let blob = KeyBlob::decode(&state::read_private(blob_path)?).map_err(|reason| {
             SignerError::CorruptKeyBlob {
@@ -206,7 +231,11 @@ impl TpmSigner {
             blob,
             public,
             vendor,
-            conn: Mutex::new(Some(Connection { ctx, key })),
+            conn: Mutex::new(Some(Connection {
+                ctx,
+                key,
+                policy: None,
+            })),
         })
     }
 
@@ -215,29 +244,57 @@ impl TpmSigner {
         &self.vendor
     }
 
-    fn sign_digest(conn: &mut Connection, digest: Digest) -> Result<Signature, SignerError> {
+    fn sign_digest(&self, conn: &mut Connection, digest: Digest) -> Result<Signature, SignerError> {
         let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
             tag: TPM2_ST_HASHCHECK,
             hierarchy: TPM2_RH_NULL,
             digest: Default::default(),
         })
         .map_err(tpm_err("build hashcheck ticket"))?;
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
+        if self.blob.pcrs.is_empty() {
+            return conn
+                .ctx
+                .sign(conn.key, digest, scheme, validation)
+                .map_err(tpm_err("sign"));
+        }
+        let session = match conn.policy {
+            Some(s) => s,
+            None => *conn.policy.insert(policy::start_session(&mut conn.ctx)?),
+        };
+        policy::satisfy(&mut conn.ctx, session, &self.blob.pcrs)?;
+        let key = conn.key;
         conn.ctx
-            .sign(
-                conn.key,
-                digest,
-                SignatureScheme::EcDsa {
-                    hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
-                },
-                validation,
-            )
-            .map_err(tpm_err("sign"))
+            .execute_with_session(Some(session), |ctx| {
+                ctx.sign(key, digest, scheme, validation)
+            })
+            .map_err(|source| {
+                if policy::is_policy_fail(&source) {
+                    SignerError::PcrMismatch {
+                        pcrs: self.blob.pcrs.to_string(),
+                    }
+                } else {
+                    SignerError::Tpm { op: "sign", source }
+                }
+            })
+    }
+
+    /// The PCRs the key is bound to and its policy digest, if bound.
+    pub fn binding(&self) -> Option<PcrBinding> {
+        self.blob.binding()
     }
 }
 
-fn create_key(ctx: &mut Context) -> Result<KeyBlob, SignerError> {
+fn create_key(ctx: &mut Context, pcrs: &PcrSelection) -> Result<KeyBlob, SignerError> {
+    let policy = if pcrs.is_empty() {
+        None
+    } else {
+        Some(policy::trial_digest(ctx, pcrs)?)
+    };
     let (parent, parent_name) = primary(ctx)?;
-    let template = node_key_template().map_err(tpm_err("build key template"))?;
+    let template = node_key_template(policy.clone()).map_err(tpm_err("build key template"))?;
     let created = ctx.create(parent, template, None, None, None, None);
     let _ = ctx.flush_context(parent.into());
     let created = created.map_err(tpm_err("create node key"))?;
@@ -245,6 +302,8 @@ fn create_key(ctx: &mut Context) -> Result<KeyBlob, SignerError> {
         parent_name,
         public: created.out_public,
         private: created.out_private,
+        pcrs: pcrs.clone(),
+        policy_digest: policy.map(|d| d.value().to_vec()).unwrap_or_default(),
     })
 }
 
@@ -269,6 +328,10 @@ impl Signer for TpmSigner {
         Backend::Tpm
     }
 
+    fn binding(&self) -> Option<PcrBinding> {
+        TpmSigner::binding(self)
+    }
+
     fn public_key(&self) -> &NodePublicKey {
         &self.public
     }
@@ -281,7 +344,11 @@ impl Signer for TpmSigner {
             let mut ctx = connect(&self.tcti)?;
             let key = load(&mut ctx, &self.blob, &self.blob_path)?;
             tracing::info!(tcti = self.tcti, "reconnected to the TPM");
-            *guard = Some(Connection { ctx, key });
+            *guard = Some(Connection {
+                ctx,
+                key,
+                policy: None,
+            });
         }
         let Some(conn) = guard.as_mut() else {
             return Err(SignerError::TpmAnswer {
@@ -289,8 +356,18 @@ impl Signer for TpmSigner {
                 what: "no connection",
             });
         };
-        let sig = match Self::sign_digest(conn, digest) {
+        let sig = match self.sign_digest(conn, digest) {
             Ok(sig) => sig,
+            // The TPM is fine and keeps refusing: keep the connection, start
+            // the policy afresh next time (no reload per refused request).
+            Err(e @ SignerError::PcrMismatch { .. }) => {
+                if let Some(s) = conn.policy.take() {
+                    let _ = conn
+                        .ctx
+                        .flush_context(tss_esapi::handles::SessionHandle::from(s).into());
+                }
+                return Err(e);
+            }
             Err(e) => {
                 // The TPM may have gone away or been reset: start afresh next time.
                 *guard = None;
@@ -317,21 +394,44 @@ impl Signer for TpmSigner {
     }
 }
 
+/// The kid and PCR binding recorded in the blob at `path`, read without a
+/// TPM (for `jss inspect`).
+pub fn describe_blob(path: &Path) -> Result<(String, Option<PcrBinding>), SignerError> {
+    let corrupt = |reason| SignerError::CorruptKeyBlob {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let blob = KeyBlob::decode(&state::read_private(path)?).map_err(corrupt)?;
+    let public = public_of(&blob.public).map_err(corrupt)?;
+    Ok((public.kid, blob.binding()))
+}
+
 impl KeyBlob {
+    fn binding(&self) -> Option<PcrBinding> {
+        (!self.pcrs.is_empty()).then(|| PcrBinding {
+            pcrs: self.pcrs.clone(),
+            policy_digest: hex::encode(&self.policy_digest),
+        })
+    }
+
     fn encode(&self) -> Vec<u8> {
-        blob::encode(
-            &self.parent_name,
-            &self.public.marshall().unwrap_or_default(),
-            self.private.value(),
-        )
+        blob::encode(&blob::Parts {
+            parent: self.parent_name.clone(),
+            public: self.public.marshall().unwrap_or_default(),
+            private: self.private.value().to_vec(),
+            pcrs: self.pcrs.clone(),
+            policy_digest: self.policy_digest.clone(),
+        })
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let (parent_name, public, private) = blob::decode(bytes)?;
+        let p = blob::decode(bytes)?;
         Ok(Self {
-            parent_name,
-            public: Public::unmarshall(&public).map_err(|e| format!("public area: {e}"))?,
-            private: Private::try_from(private).map_err(|e| format!("private area: {e}"))?,
+            parent_name: p.parent,
+            public: Public::unmarshall(&p.public).map_err(|e| format!("public area: {e}"))?,
+            private: Private::try_from(p.private).map_err(|e| format!("private area: {e}"))?,
+            pcrs: p.pcrs,
+            policy_digest: p.policy_digest,
         })
     }
 }

@@ -23,7 +23,7 @@ pub enum TokenError {
     Malformed(String),
 }
 
-/// The JOSE header of every token (DESIGN.md, "Token format").
+/// The JOSE header of every token (docs/design.md, "Token format").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Header {
     pub alg: String,

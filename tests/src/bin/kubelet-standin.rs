@@ -22,8 +22,6 @@
 //! certificates live in a temporary directory under `$TMPDIR` that stays
 //! after a kill: point `TMPDIR` into a directory you remove afterwards.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a tool: a panic is a failure report
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

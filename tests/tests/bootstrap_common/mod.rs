@@ -85,7 +85,7 @@ pub fn register_args(bao: &Bao, cluster: &str, node: &str, dir: &Path) -> Vec<St
     )
 }
 
-/// A workload's claims, shaped as DESIGN.md "Token format".
+/// A workload's claims, shaped as docs/design.md and the README describe them ("Token format").
 pub struct Workload<'a> {
     pub cluster: &'a str,
     pub region: &'a str,
@@ -160,6 +160,7 @@ pub fn mint_in(dir: &Path, kind: SignerKind, tcti: &str, claims: &serde_json::Va
         kind,
         tcti: tcti.to_string(),
         state_dir: dir.to_path_buf(),
+        pcrs: None,
     };
     let (s, _) = signer::open(&cfg, KeyPolicy::MustExist).unwrap();
     let chain = Chain::load(dir, s.public_key()).unwrap();
@@ -220,6 +221,7 @@ pub fn spki_of(dir: &Path) -> String {
         kind: SignerKind::Software,
         tcti: String::new(),
         state_dir: dir.to_path_buf(),
+        pcrs: None,
     };
     let (s, _) = signer::open(&cfg, KeyPolicy::MustExist).unwrap();
     s.public_key().spki_pem().trim().to_string()

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::paths::{self, PathError};
@@ -31,6 +32,15 @@ pub enum FetchError {
     Path(#[from] PathError),
     #[error(transparent)]
     Read(VaultError),
+    /// Another item of the same role already failed to log in this pass.
+    #[error("login with role {role:?} failed: {reason}")]
+    SameLogin {
+        role: String,
+        reason: String,
+        transport: bool,
+    },
+    #[error("the read task failed: {0}")]
+    Task(String),
 }
 
 impl FetchError {
@@ -42,6 +52,7 @@ impl FetchError {
                 _ => true,
             },
             Self::Login { source, .. } | Self::Read(source) => source.is_transport(),
+            Self::SameLogin { transport, .. } => *transport,
             _ => false,
         }
     }
@@ -99,7 +110,7 @@ impl Held {
 
 /// Logins per role, kept across passes.
 pub struct Session<S> {
-    store: S,
+    store: Arc<S>,
     cfg: SessionConfig,
     jwt: Option<(Secret, u64, String)>,
     logins: HashMap<String, Held>,
@@ -108,7 +119,7 @@ pub struct Session<S> {
 impl<S: SecretStore> Session<S> {
     pub fn new(store: S, cfg: SessionConfig) -> Self {
         Self {
-            store,
+            store: Arc::new(store),
             cfg,
             jwt: None,
             logins: HashMap::new(),
@@ -214,6 +225,96 @@ impl<S: SecretStore> Session<S> {
         }
     }
 
+    /// Reads every item's secret, in item order: one login per role first,
+    /// then the reads concurrently. A refusal with a held (not fresh) login
+    /// is retried once with a new login, as in [`Self::fetch`].
+    pub async fn fetch_all(
+        &mut self,
+        items: &[Item],
+    ) -> Vec<Result<(String, SecretData), FetchError>>
+    where
+        S: 'static,
+    {
+        let mut results: Vec<Option<Result<(String, SecretData), FetchError>>> =
+            items.iter().map(|_| None).collect();
+        let mut logins: HashMap<String, (Login, bool)> = HashMap::new();
+        let mut failed: HashMap<String, (String, bool)> = HashMap::new();
+        let mut reads = tokio::task::JoinSet::new();
+        let mut retry = Vec::new();
+        let mut primed = false;
+        for (i, item) in items.iter().enumerate() {
+            let role = item.role();
+            if !logins.contains_key(role) && !failed.contains_key(role) {
+                match self.ensure_login(role).await {
+                    Ok(l) => {
+                        logins.insert(role.to_string(), l);
+                    }
+                    Err(e) => {
+                        failed.insert(role.to_string(), (e.to_string(), e.is_transport()));
+                        results[i] = Some(Err(e));
+                        continue;
+                    }
+                }
+            }
+            let Some((login, _)) = logins.get(role) else {
+                let (reason, transport) = failed.get(role).cloned().unwrap_or_default();
+                results[i] = Some(Err(FetchError::SameLogin {
+                    role: role.to_string(),
+                    reason,
+                    transport,
+                }));
+                continue;
+            };
+            match item_path(item, login) {
+                Err(e) => results[i] = Some(Err(e.into())),
+                // The first read alone: it learns the KV mount the others reuse.
+                Ok(path) if !primed => {
+                    primed = true;
+                    match self.store.read(&login.token, &path).await {
+                        Err(VaultError::Denied { .. }) if !login_fresh(&logins, role) => {
+                            retry.push(i)
+                        }
+                        r => results[i] = Some(r.map(|d| (path, d)).map_err(FetchError::Read)),
+                    }
+                }
+                Ok(path) => {
+                    let store = Arc::clone(&self.store);
+                    let token = login.token.clone();
+                    reads.spawn(async move {
+                        let r = store.read(&token, &path).await;
+                        (i, path, r)
+                    });
+                }
+            }
+        }
+        while let Some(joined) = reads.join_next().await {
+            match joined {
+                Ok((i, _, Err(VaultError::Denied { .. })))
+                    if !login_fresh(&logins, items[i].role()) =>
+                {
+                    retry.push(i);
+                }
+                Ok((i, path, r)) => {
+                    results[i] = Some(r.map(|d| (path, d)).map_err(FetchError::Read))
+                }
+                Err(e) => tracing::error!(error = %e, "a secret read task failed"),
+            }
+        }
+        // A held token may have been revoked or expired early.
+        retry.sort_unstable();
+        for i in retry {
+            results[i] = Some(self.fetch(&items[i]).await);
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                Some(r) => r,
+                None => Err(FetchError::Task("it panicked".into())),
+            });
+        }
+        out
+    }
+
     /// Reads a secret at a literal path with `role` (for `exec`).
     pub async fn read_path(&mut self, role: &str, path: &str) -> Result<SecretData, FetchError> {
         let (login, _) = self.ensure_login(role).await?;
@@ -239,6 +340,11 @@ impl<S: SecretStore> Session<S> {
             self.revoke(role, &h.login).await;
         }
     }
+}
+
+/// Whether `role`'s login in this pass is a fresh one.
+fn login_fresh(logins: &HashMap<String, (Login, bool)>, role: &str) -> bool {
+    logins.get(role).is_some_and(|(_, fresh)| *fresh)
 }
 
 fn item_path(item: &Item, login: &Login) -> Result<String, PathError> {

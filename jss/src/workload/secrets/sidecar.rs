@@ -80,16 +80,17 @@ pub struct OutputConfig {
 }
 
 /// Fetches every item and brings its file up to date.
-pub async fn pass<S: SecretStore>(
+pub async fn pass<S: SecretStore + 'static>(
     session: &mut Session<S>,
     items: &[Item],
     out: &OutputConfig,
 ) -> PassReport {
     let mut report = Vec::with_capacity(items.len());
-    for item in items {
+    let fetched = session.fetch_all(items).await;
+    for (item, result) in items.iter().zip(fetched) {
         let span = tracing::info_span!("secret", name = %item.name, role = item.role());
         let _g = span.enter();
-        let outcome = match session.fetch(item).await {
+        let outcome = match result {
             Ok((path, data)) => match output::render(&data, out.format)
                 .and_then(|b| output::write_if_changed(&out.dir, &item.file, &b, out.file_mode))
             {
@@ -140,7 +141,7 @@ pub struct SidecarConfig {
 }
 
 /// Runs passes until SIGTERM/SIGINT, then revokes the Vault tokens.
-pub async fn run<S: SecretStore>(
+pub async fn run<S: SecretStore + 'static>(
     mut session: Session<S>,
     items: &[Item],
     out: &OutputConfig,

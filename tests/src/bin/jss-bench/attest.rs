@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use jss::attest::{Attestor, PeerProcess};
 use jss::kubelet::{KubeletPods, PodList, StaticPods};
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
@@ -61,49 +63,52 @@ fn big_list(our_uid: &str, our_id: &str) -> serde_json::Value {
     pod_list(&pods)
 }
 
-fn per_second(dur: Duration, mut f: impl FnMut()) -> f64 {
+/// Calls of `f` per second for `dur`; the first failure ends the run.
+fn per_second(dur: Duration, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < dur {
-        f();
+        f()?;
         n += 1;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-pub fn run(seconds: u64) -> Figures {
+pub fn run(seconds: u64) -> anyhow::Result<Figures> {
     let dur = Duration::from_secs(seconds);
     let (uid, id) = (random_pod_uid(), random_container_id());
     let list = big_list(&uid, &id);
-    let body = serde_json::to_vec(&list).unwrap();
-    let parse_rate = per_second(dur, || {
-        PodList::parse(&body).unwrap();
-    });
+    let body = serde_json::to_vec(&list).context("serialize the pod list")?;
+    let parse = || PodList::parse(&body).context("parse the benchmark's pod list");
+    let parse_rate = per_second(dur, || parse().map(drop))?;
     let pod = PodProcess::spawn(Layout::V2Systemd(Qos::BestEffort), &uid, &id);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .context("start a tokio runtime")?;
     let proc_root = std::path::PathBuf::from("/proc");
-    let peer = PeerProcess::from_proc(&proc_root, pod.pid()).unwrap();
+    let peer = PeerProcess::from_proc(&proc_root, pod.pid())
+        .with_context(|| format!("read /proc of the pod process {}", pod.pid()))?;
 
     // From a list already in memory (what most requests see).
-    let cached = Attestor::new(
-        proc_root.clone(),
-        Arc::new(StaticPods::new(PodList::parse(&body).unwrap())),
-    );
+    let cached = Attestor::new(proc_root.clone(), Arc::new(StaticPods::new(parse()?)));
     let cached_rate = per_second(dur, || {
-        rt.block_on(cached.attest(&peer)).unwrap();
-    });
+        rt.block_on(cached.attest(&peer))
+            .map(drop)
+            .context("attest against the list in memory")
+    })?;
 
     // Through the kubelet client with a fresh fetch every time (cold path).
     let kubelet = KubeletStandin::start(list);
     let mut cfg = kubelet.config();
     cfg.max_list_age_ms = 0;
-    let fetching = Attestor::new(proc_root, Arc::new(KubeletPods::from_config(&cfg).unwrap()));
+    let pods = KubeletPods::from_config(&cfg).context("kubelet client for the stand-in")?;
+    let fetching = Attestor::new(proc_root, Arc::new(pods));
     let fetch_rate = per_second(dur, || {
-        rt.block_on(fetching.attest(&peer)).unwrap();
-    });
+        rt.block_on(fetching.attest(&peer))
+            .map(drop)
+            .context("attest with a fresh kubelet fetch")
+    })?;
 
     let mib = body.len() as f64 / (1024.0 * 1024.0);
     println!("\n== attestation alone, 110-pod list ({mib:.2} MiB JSON) ==");
@@ -119,10 +124,10 @@ pub fn run(seconds: u64) -> Figures {
         "attest, fresh kubelet fetch    : {fetch_rate:>9.0} /s  ({:.2} ms)",
         1e3 / fetch_rate
     );
-    Figures::from([
+    Ok(Figures::from([
         ("attest.podlist_mib".into(), mib),
         ("attest.parse_per_s".into(), parse_rate),
         ("attest.cached_per_s".into(), cached_rate),
         ("attest.fetch_per_s".into(), fetch_rate),
-    ])
+    ]))
 }

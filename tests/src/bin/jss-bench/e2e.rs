@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail, ensure};
+
 use jss::signer::SignerKind;
 use jss_tests::daemon::Daemon;
 use jss_tests::node::{Node, spawn_in};
@@ -18,10 +20,15 @@ const REQUEST: &[u8] = b"POST /v1/token HTTP/1.1\r\nHost: jss\r\nContent-Type: a
 
 /// `client SOCKET SECONDS`: requests tokens until the time is up, then prints
 /// `errors N` and one latency in microseconds per line.
-pub fn client_main(args: &[String]) {
-    let socket = &args[0];
-    let seconds: u64 = args[1].parse().unwrap();
-    let mut conn = Conn::new(UnixStream::connect(socket).unwrap());
+pub fn client_main(args: &[String]) -> anyhow::Result<()> {
+    let [socket, seconds] = args else {
+        bail!("usage: jss-bench client SOCKET SECONDS");
+    };
+    let seconds: u64 = seconds
+        .parse()
+        .with_context(|| format!("SECONDS {seconds:?}"))?;
+    let connect = || UnixStream::connect(socket).with_context(|| format!("connect to {socket}"));
+    let mut conn = Conn::new(connect()?);
     let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
     let mut errors = 0u64;
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -32,7 +39,7 @@ pub fn client_main(args: &[String]) {
             Ok(_) => errors += 1,
             Err(_) => {
                 errors += 1;
-                conn = Conn::new(UnixStream::connect(socket).unwrap());
+                conn = Conn::new(connect()?);
             }
         }
     }
@@ -42,30 +49,46 @@ pub fn client_main(args: &[String]) {
         out.push('\n');
     }
     print!("{out}");
+    Ok(())
 }
 
-pub fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+fn read_proc(pid: u32, file: &str) -> anyhow::Result<String> {
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::read_to_string(&path).with_context(|| format!("read {path} of the daemon"))
+}
+
+/// The process's peak resident set (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = read_proc(pid, "status")?;
     let kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kb / 1024.0)
 }
 
 /// CPU time (user + system) the process has used, in microseconds.
-pub fn cpu_us(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
+pub fn cpu_us(pid: u32) -> anyhow::Result<f64> {
+    let stat = read_proc(pid, "stat")?;
     // fields 14 and 15 (utime, stime) are at 11 and 12 after the state field
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks * 1e6 / 100.0
+    let ticks = stat
+        .rfind(')')
+        .and_then(|end| stat.get(end + 2..))
+        .map(|after| after.split(' ').collect::<Vec<_>>())
+        .and_then(|f| Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?))
+        .with_context(|| format!("no utime/stime in /proc/{pid}/stat: {stat}"))?;
+    Ok(ticks * 1e6 / 100.0)
 }
 
-fn one(label: &str, kind: SignerKind, cache: bool, seconds: u64, f: &mut Figures) {
+fn one(
+    label: &str,
+    kind: SignerKind,
+    cache: bool,
+    seconds: u64,
+    f: &mut Figures,
+) -> anyhow::Result<()> {
     let extra = format!(
         "[cache]\nenabled = {cache}\n[limits]\nmax_connections = 4096\nsigner_queue = 4096\n"
     );
@@ -81,11 +104,11 @@ fn one(label: &str, kind: SignerKind, cache: bool, seconds: u64, f: &mut Figures
         &node.pod_uid,
         &node.app_id,
     );
-    let me = std::env::current_exe().unwrap();
-    let sock = daemon.socket.to_str().unwrap().to_string();
+    let me = std::env::current_exe().context("find the jss-bench executable")?;
+    let sock = daemon.socket.display().to_string();
     let secs = seconds.to_string();
     for c in CONCURRENCY {
-        let cpu_before = cpu_us(daemon.pid());
+        let cpu_before = cpu_us(daemon.pid())?;
         let children: Vec<_> = (0..c)
             .map(|_| spawn_in(&pod, &me, &["client", &sock, &secs], Stdio::piped()))
             .collect();
@@ -93,21 +116,31 @@ fn one(label: &str, kind: SignerKind, cache: bool, seconds: u64, f: &mut Figures
         let mut errors = 0u64;
         for mut ch in children {
             let mut out = String::new();
-            ch.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-            assert!(ch.wait().unwrap().success(), "client failed");
+            if let Some(mut stdout) = ch.stdout.take() {
+                stdout
+                    .read_to_string(&mut out)
+                    .context("read a client's output")?;
+            }
+            let status = ch.wait().context("wait for a client")?;
+            ensure!(status.success(), "a benchmark client failed ({status})");
             let mut lines = out.lines();
             errors += lines
                 .next()
                 .and_then(|l| l.strip_prefix("errors "))
                 .and_then(|n| n.parse::<u64>().ok())
-                .unwrap();
-            lat.extend(lines.map(|l| l.parse::<u32>().unwrap()));
+                .with_context(|| format!("a client's output lacks `errors N`: {out:.200}"))?;
+            for l in lines {
+                lat.push(
+                    l.parse()
+                        .with_context(|| format!("a client's latency {l:?}"))?,
+                );
+            }
         }
         lat.sort_unstable();
         let rate = lat.len() as f64 / seconds as f64;
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         // The daemon's own CPU per token: steadier than rates on a shared machine.
-        let cpu = (cpu_us(daemon.pid()) - cpu_before) / lat.len().max(1) as f64;
+        let cpu = (cpu_us(daemon.pid())? - cpu_before) / lat.len().max(1) as f64;
         println!(
             "{label:<22} {c:>3} clients: {rate:>9.0} tokens/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  daemon {cpu:>5.1} us CPU/token  errors {errors}"
         );
@@ -118,15 +151,16 @@ fn one(label: &str, kind: SignerKind, cache: bool, seconds: u64, f: &mut Figures
         f.insert(format!("{k}.p99_ms"), p99);
         f.insert(format!("{k}.errors"), errors as f64);
     }
-    let rss = peak_rss_mib(daemon.pid());
+    let rss = peak_rss_mib(daemon.pid())?;
     println!("{label:<22} daemon peak RSS: {rss:.1} MiB");
     // A clean exit lets a profiler the daemon runs under write its report.
     let mut daemon = daemon;
     daemon.terminate(Duration::from_secs(30));
     f.insert(format!("e2e.{label}.peak_rss_mib"), rss);
+    Ok(())
 }
 
-pub fn run(seconds: u64) -> Figures {
+pub fn run(seconds: u64) -> anyhow::Result<Figures> {
     println!("\n== end to end over the socket ({seconds} s per point) ==");
     let mut f = Figures::new();
     for (kind, name) in [(SignerKind::Software, "software"), (SignerKind::Tpm, "tpm")] {
@@ -136,8 +170,8 @@ pub fn run(seconds: u64) -> Figures {
             if std::env::var("JSS_BENCH_ONLY").is_ok_and(|only| only != label) {
                 continue;
             }
-            one(&label, kind, cache, seconds, &mut f);
+            one(&label, kind, cache, seconds, &mut f)?;
         }
     }
-    f
+    Ok(f)
 }

@@ -3,6 +3,7 @@
 //! HTTPS connections, from client threads in this process. Latency is the
 //! whole round trip as a client sees it; the injector's own CPU per review
 //! comes from /proc.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ pub fn run(seconds: u64) -> Figures {
     assert!(first["response"]["patch"].is_string(), "{first}");
     let cfg = certs.client_config();
     for clients in CLIENTS {
-        let cpu0 = cpu_us(inj.pid());
+        let cpu0 = cpu_us(inj.pid()).expect("read the injector's CPU time");
         let start = Instant::now();
         let end = start + Duration::from_secs(seconds);
         let threads: Vec<_> = (0..clients)
@@ -54,7 +55,7 @@ pub fn run(seconds: u64) -> Figures {
             .flat_map(|t| t.join().unwrap())
             .collect();
         let elapsed = start.elapsed().as_secs_f64();
-        let cpu = cpu_us(inj.pid()) - cpu0;
+        let cpu = cpu_us(inj.pid()).expect("read the injector's CPU time") - cpu0;
         lat.sort_unstable();
         let n = lat.len() as f64;
         let key = format!("injector.c{clients}");
@@ -69,7 +70,7 @@ pub fn run(seconds: u64) -> Figures {
         f.insert(format!("{key}.p99_ms"), p99);
         f.insert(format!("{key}.cpu_us_per_review"), cpu / n);
     }
-    let rss = peak_rss_mib(inj.pid());
+    let rss = peak_rss_mib(inj.pid()).expect("read the injector's peak RSS");
     println!("injector peak RSS: {rss:.1} MiB");
     f.insert("injector.peak_rss_mib".into(), rss);
     f

@@ -13,21 +13,24 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - scale: static keys vs JWKS mode at 1 to 20,000 nodes (not in `all`:
+//!   minutes of setup on a raft-backed OpenBao).
 //! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
 //!   written), the sidecar's RSS and CPU per refresh and while idle.
 //! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
 
 mod attest;
 mod e2e;
 mod http;
 mod injector;
 mod openbao;
+mod scale;
 mod secrets;
 mod sign;
 
 use std::collections::BTreeMap;
+
+use anyhow::Context as _;
 
 /// Figures by name, printed at the end and written to `--out`.
 pub type Figures = BTreeMap<String, f64>;
@@ -188,11 +191,17 @@ fn print_injector_targets(f: &Figures) {
 }
 
 fn main() {
+    if let Err(e) = run() {
+        eprintln!("jss-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("client") {
         // A load-generating process inside the pod's cgroup (see e2e).
-        e2e::client_main(&args[1..]);
-        return;
+        return e2e::client_main(&args[1..]);
     }
     let seconds: u64 = args
         .iter()
@@ -216,16 +225,19 @@ fn main() {
         println!("\n######## pass {pass} of {repeat} ########");
         let mut figures = Figures::new();
         if matches!(what, "sign" | "all") {
-            figures.extend(sign::run(seconds));
+            figures.extend(sign::run(seconds)?);
         }
         if matches!(what, "attest" | "all") {
-            figures.extend(attest::run(seconds));
+            figures.extend(attest::run(seconds)?);
         }
         if matches!(what, "openbao" | "all") {
-            figures.extend(openbao::run(seconds));
+            figures.extend(openbao::run(seconds)?);
         }
         if matches!(what, "e2e" | "all") {
-            figures.extend(e2e::run(seconds));
+            figures.extend(e2e::run(seconds)?);
+        }
+        if what == "scale" {
+            figures.extend(scale::run(seconds)?);
         }
         if matches!(what, "secrets" | "all") {
             figures.extend(secrets::run(seconds));
@@ -245,12 +257,13 @@ fn main() {
     print_ratios(&mut figures);
     print_injector_targets(&figures);
     if let Some(i) = args.iter().position(|a| a == "--out") {
-        let path = args.get(i + 1).expect("--out FILE");
+        let path = args.get(i + 1).context("--out needs a FILE")?;
         let body: String = figures
             .iter()
             .map(|(k, v)| format!("{k} {v:.3}\n"))
             .collect();
-        std::fs::write(path, body).unwrap();
+        std::fs::write(path, body).with_context(|| format!("write the figures to {path}"))?;
         println!("\nfigures written to {path}");
     }
+    Ok(())
 }

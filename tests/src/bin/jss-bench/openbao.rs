@@ -4,12 +4,14 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, anyhow, ensure};
+
 use jss_tests::bao::Bao;
 
 use crate::http::Conn;
 use crate::{CONCURRENCY, Figures, percentile};
 
-pub fn run(seconds: u64) -> Figures {
+pub fn run(seconds: u64) -> anyhow::Result<Figures> {
     let bao = Bao::start();
     bao.ok(&[
         "write",
@@ -20,10 +22,11 @@ pub fn run(seconds: u64) -> Figures {
     bao.ok(&["write", "identity/oidc/role/bench", "key=bench", "ttl=60"]);
     // The token must belong to an entity: log in through userpass.
     let policy = "path \"identity/oidc/token/bench\" { capabilities = [\"read\"] }";
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().context("create a directory for the policy")?;
     let pfile = dir.path().join("p.hcl");
-    std::fs::write(&pfile, policy).unwrap();
-    bao.ok(&["policy", "write", "oidc-bench", pfile.to_str().unwrap()]);
+    std::fs::write(&pfile, policy).with_context(|| format!("write {}", pfile.display()))?;
+    let pfile = pfile.display().to_string();
+    bao.ok(&["policy", "write", "oidc-bench", &pfile]);
     bao.ok(&["auth", "enable", "userpass"]);
     bao.ok(&[
         "write",
@@ -52,21 +55,34 @@ pub fn run(seconds: u64) -> Figures {
             let hs: Vec<_> = (0..c)
                 .map(|_| {
                     let (addr, request) = (&addr, &request);
-                    s.spawn(move || {
-                        let mut conn = Conn::new(TcpStream::connect(addr).unwrap());
+                    s.spawn(move || -> anyhow::Result<Vec<u32>> {
+                        let stream = TcpStream::connect(addr)
+                            .with_context(|| format!("connect to OpenBao at {addr}"))?;
+                        let mut conn = Conn::new(stream);
                         let mut lat = Vec::new();
                         while Instant::now() < end {
                             let t = Instant::now();
-                            let (status, body) = conn.exchange(request.as_bytes()).unwrap();
-                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                            let (status, body) = conn
+                                .exchange(request.as_bytes())
+                                .context("ask OpenBao for an identity token")?;
+                            ensure!(
+                                status == 200,
+                                "OpenBao answered {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            );
                             lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                         }
-                        lat
+                        Ok(lat)
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow!("an OpenBao client thread panicked"))?
+                })
+                .collect::<anyhow::Result<_>>()
+        })?;
         let mut all: Vec<u32> = lat.into_iter().flatten().collect();
         all.sort_unstable();
         let rate = all.len() as f64 / seconds as f64;
@@ -78,5 +94,5 @@ pub fn run(seconds: u64) -> Figures {
         f.insert(format!("openbao.c{c}.p50_ms"), p50);
         f.insert(format!("openbao.c{c}.p99_ms"), p99);
     }
-    f
+    Ok(f)
 }
