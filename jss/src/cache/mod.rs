@@ -250,6 +250,37 @@ mod tests {
         assert_eq!(c.get(&key("e"), 105).unwrap().token, "e");
     }
 
+    fn workload() -> Option<Arc<Workload>> {
+        Some(Arc::new(crate::claims::tests::workload()))
+    }
+
+    #[test]
+    fn only_entries_asked_for_recently_are_due_and_at_most_max() {
+        let c = TokenCache::new(100);
+        for k in ["a", "b", "c", "d"] {
+            c.insert(key(k), tok(k, 100), workload(), 100);
+        }
+        c.insert(key("nosrc"), tok("n", 100), None, 100);
+        // "b" asked for again later; the others not since 100.
+        assert!(c.get(&key("b"), 150).is_none(), "past half-life");
+        let at = |t: &CachedToken| t.iat + 20;
+        assert!(c.due(119, 0, 10, at).is_empty(), "before the refresh point");
+        let due = c.due(120, 140, 10, at);
+        assert_eq!(
+            due.iter()
+                .map(|d| d.key.container_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Marked while refreshing; every recently asked entry, at most `max`.
+        assert!(c.due(121, 140, 10, at).is_empty());
+        assert_eq!(c.due(121, 0, 2, at).len(), 2);
+        c.refreshed(&key("b"), tok("b2", 150));
+        assert_eq!(c.get(&key("b"), 150).unwrap().token, "b2");
+        c.expire(1000);
+        assert!(c.is_empty());
+    }
+
     #[test]
     fn disabled() {
         let c = TokenCache::new(0);

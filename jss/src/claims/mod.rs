@@ -196,4 +196,4 @@ fn new_jti() -> Result<String, ClaimsError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

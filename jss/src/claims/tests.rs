@@ -1,7 +1,8 @@
 use super::*;
 use crate::attest::{ContainerImage, Workload};
 
-fn workload() -> Workload {
+/// A pod-shaped workload for unit tests elsewhere in the crate too.
+pub(crate) fn workload() -> Workload {
     Workload {
         namespace: "trusted-identity".into(),
         pod_name: "myubuntu-6756d665bc-gc5wz".into(),

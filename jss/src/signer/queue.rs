@@ -272,3 +272,129 @@ fn work(signer: &dyn Signer, shared: &Shared) {
             .caller_signing = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signer::{KeyPolicy, NodePublicKey, SignerConfig, SignerKind, open};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The software key as a slow "TPM" that reports what it signs, in
+    /// order; its first signature waits for the gate.
+    #[derive(Debug)]
+    struct Slow(
+        Arc<dyn Signer>,
+        Mutex<mpsc::Sender<String>>,
+        Mutex<Option<mpsc::Receiver<()>>>,
+    );
+
+    impl Signer for Slow {
+        fn backend(&self) -> Backend {
+            Backend::Tpm
+        }
+        fn public_key(&self) -> &NodePublicKey {
+            self.0.public_key()
+        }
+        fn sign(&self, input: &[u8]) -> Result<[u8; 64], SignerError> {
+            if let Some(gate) = self.2.lock().unwrap().take() {
+                gate.recv().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = self
+                .1
+                .lock()
+                .unwrap()
+                .send(String::from_utf8_lossy(input).into_owned());
+            self.0.sign(input)
+        }
+    }
+
+    fn slow() -> (
+        Arc<dyn Signer>,
+        mpsc::Receiver<String>,
+        mpsc::Sender<()>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SignerConfig {
+            kind: SignerKind::Software,
+            tcti: String::new(),
+            state_dir: dir.path().to_path_buf(),
+            pcrs: None,
+        };
+        let key = open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0;
+        let (tx, rx) = mpsc::channel();
+        let (open_gate, gate) = mpsc::channel();
+        let s = Slow(key, Mutex::new(tx), Mutex::new(Some(gate)));
+        (Arc::new(s), rx, open_gate, dir)
+    }
+
+    #[test]
+    fn callers_go_before_refreshes_and_a_full_queue_says_how_long() {
+        let (signer, order, open_gate, _dir) = slow();
+        let q = Arc::new(SignQueue::new(signer, 3, 10));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Five refreshes queue up (the first is held at the gate); then
+            // three callers arrive.
+            let until = |want: (usize, usize)| {
+                let q = Arc::clone(&q);
+                async move {
+                    while q.waiting() != want {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            };
+            let mut jobs = Vec::new();
+            for i in 0..5 {
+                let q = Arc::clone(&q);
+                jobs.push(tokio::spawn(async move {
+                    q.sign(format!("refresh {i}"), Priority::Refresh).await
+                }));
+                until((0, i)).await;
+            }
+            for i in 0..3 {
+                let q = Arc::clone(&q);
+                jobs.push(tokio::spawn(async move {
+                    q.sign(format!("caller {i}"), Priority::Caller).await
+                }));
+                until((i + 1, 4)).await;
+            }
+            // The bound counts the caller being signed for: a fourth waits
+            // for nothing and is told when to come back.
+            let full = q.sign("caller 3".into(), Priority::Caller).await;
+            match full {
+                Err(QueueError::Full { retry_after_s, .. }) => assert!(retry_after_s >= 1),
+                other => panic!("{other:?}"),
+            }
+            open_gate.send(()).unwrap();
+            for j in jobs {
+                j.await.unwrap().unwrap();
+            }
+        });
+        let order: Vec<String> = order.try_iter().collect();
+        assert_eq!(order.len(), 8, "{order:?}");
+        // The refresh already being signed finishes; then every caller, in
+        // arrival order, then the remaining refreshes.
+        assert_eq!(
+            order,
+            [
+                "refresh 0",
+                "caller 0",
+                "caller 1",
+                "caller 2",
+                "refresh 1",
+                "refresh 2",
+                "refresh 3",
+                "refresh 4"
+            ],
+        );
+        let stats = q.stats();
+        assert_eq!(stats.depth.get(), 0);
+    }
+}
