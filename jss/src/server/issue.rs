@@ -138,7 +138,12 @@ impl App {
         }
         match self
             .signing
-            .sign("jss readiness probe".into(), Priority::Refresh)
+            .sign(
+                "jss readiness probe".into(),
+                Priority::Refresh {
+                    deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+                },
+            )
             .await
         {
             Ok(_) => self.signer_health.record(Ok(())),

@@ -6,7 +6,8 @@
 //! workloads that asked within the last three lifetimes are re-signed before
 //! half-life, at a point spread over 30–45 % of the lifetime (per token, from
 //! its `jti`) so that a node boot's burst does not stay in step. Refreshes
-//! queue behind every caller (`signer::Priority::Refresh`) and at most
+//! queue behind every caller (`signer::Priority::Refresh`) until within a
+//! second of the old token's half-life, and at most
 //! `cache.refresh_max` wait at once. A refreshed token is handed out only to
 //! a caller that attests as that container, like any cached token, and never
 //! with less than half its life left.
@@ -73,7 +74,11 @@ impl App {
                 .encoder()
                 .signing_input(&claims)
                 .map_err(|e| e.to_string())?;
-            let (input, sig) = match self.signing.sign(input, Priority::Refresh).await {
+            // The old token is handed out until its half-life.
+            let left = (due.iat + due.exp).div_ceil(2).saturating_sub(now);
+            let deadline = std::time::Instant::now() + Duration::from_secs(left);
+            let priority = Priority::Refresh { deadline };
+            let (input, sig) = match self.signing.sign(input, priority).await {
                 Ok(s) => s,
                 Err(QueueError::Signer(e)) => {
                     self.metrics.signer_error(e.reason());

@@ -26,9 +26,15 @@ use super::{Backend, Signer, SignerError};
 pub enum Priority {
     /// A caller without a valid cached token is waiting.
     Caller,
-    /// A token that is still valid is re-signed ahead of need.
-    Refresh,
+    /// A token that is still valid is re-signed ahead of need; `deadline`
+    /// is when the old one stops being handed out. Within [`URGENT`] of it
+    /// the refresh goes ahead of callers: past it, its workload would become
+    /// one more caller waiting for the signer.
+    Refresh { deadline: Instant },
 }
+
+/// How close to its deadline a refresh goes ahead of callers.
+pub const URGENT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a signature was not made.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,7 @@ type Reply = oneshot::Sender<Result<(String, [u8; 64]), SignerError>>;
 struct Job {
     input: String,
     queued: Instant,
+    deadline: Option<Instant>,
     reply: Reply,
 }
 
@@ -186,15 +193,17 @@ impl SignQueue {
             let mut q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             // A caller being signed for counts against the bound too.
             let busy = usize::from(q.caller_signing);
-            let (queue, max, busy) = match priority {
-                Priority::Caller => (&mut q.callers, self.max_callers, busy),
-                Priority::Refresh => (&mut q.refresh, self.max_refresh, 0),
+            let (queue, max, busy, deadline) = match priority {
+                Priority::Caller => (&mut q.callers, self.max_callers, busy, None),
+                Priority::Refresh { deadline } => {
+                    (&mut q.refresh, self.max_refresh, 0, Some(deadline))
+                }
             };
             if queue.len() + busy >= max {
                 let waiting = queue.len() + busy;
                 let ahead = match priority {
                     Priority::Caller => waiting,
-                    Priority::Refresh => waiting + q.callers.len(),
+                    Priority::Refresh { .. } => waiting + q.callers.len(),
                 };
                 return Err(QueueError::Full {
                     waiting,
@@ -204,6 +213,7 @@ impl SignQueue {
             queue.push_back(Job {
                 input,
                 queued: Instant::now(),
+                deadline,
                 reply,
             });
             stats.depth.inc();
@@ -228,12 +238,21 @@ impl Drop for SignQueue {
     }
 }
 
-/// The signing thread: callers first, then refreshes, one at a time.
+/// The signing thread: callers first, then refreshes, one at a time; a
+/// refresh within [`URGENT`] of its deadline goes first.
 fn work(signer: &dyn Signer, shared: &Shared) {
     loop {
         let job = {
             let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             loop {
+                let urgent = q
+                    .refresh
+                    .front()
+                    .and_then(|j| j.deadline)
+                    .is_some_and(|d| d.saturating_duration_since(Instant::now()) <= URGENT);
+                if urgent && let Some(j) = q.refresh.pop_front() {
+                    break j;
+                }
                 if let Some(j) = q.callers.pop_front() {
                     q.caller_signing = true;
                     break j;
@@ -354,7 +373,9 @@ mod tests {
             for i in 0..5 {
                 let q = Arc::clone(&q);
                 jobs.push(tokio::spawn(async move {
-                    q.sign(format!("refresh {i}"), Priority::Refresh).await
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    q.sign(format!("refresh {i}"), Priority::Refresh { deadline })
+                        .await
                 }));
                 until((0, i)).await;
             }
