@@ -13,6 +13,7 @@ mod lock;
 mod node;
 mod pki;
 mod policy;
+mod prune;
 mod register;
 mod vault;
 
@@ -27,6 +28,8 @@ pub enum Error {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Node(#[from] node::NodeError),
+    #[error(transparent)]
+    Prune(#[from] prune::PruneError),
     #[error(transparent)]
     Csr(#[from] csr::CsrError),
     #[error("no node name: pass --node or set NODE_NAME")]

@@ -3,8 +3,29 @@
 //! printed when Vault answers 403.
 
 /// The claims every role maps into entity-alias metadata: anything a
-/// policy may template on (docs/design.md, "Token format"), as the daemon names them.
-pub const MAPPED_CLAIMS: &[&str] = jss::claims::WORKLOAD_CLAIMS;
+/// policy may template on (docs/design.md, "Token format"), as the daemon
+/// names them ([`jss::claims::WORKLOAD_CLAIMS`]), and [`LAST_USE_CLAIM`].
+pub const MAPPED_CLAIMS: &[&str] = &[
+    "cluster-name",
+    "cluster-region",
+    "machineid",
+    "node",
+    "namespace",
+    "pod",
+    "pod-uid",
+    "service-account",
+    "container",
+    "images-names",
+    "images",
+    "image",
+    LAST_USE_CLAIM,
+];
+
+/// Mapped so that every login changes the alias metadata: Vault then
+/// rewrites the alias, and its `last_update_time` is the last login, the
+/// evidence `cluster prune` decides on. Never a policy template: it names
+/// one token (README, "Vault identity entities").
+pub const LAST_USE_CLAIM: &str = "jti";
 
 /// Names of the templated policies, as in TSI.
 pub const TI_DEMO_ALL: &str = "ti-demo-all";
@@ -118,6 +139,14 @@ impl Paths {
         )
     }
 
+    /// `cluster prune`.
+    pub fn prune(&self) -> String {
+        format!(
+            "path \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"auth/{m}/role\" {{\n  capabilities = [\"list\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"read\"]\n}}\npath \"identity/entity/id\" {{\n  capabilities = [\"list\"]\n}}\npath \"identity/entity/id/*\" {{\n  capabilities = [\"read\", \"delete\"]\n}}\n",
+            m = self.mount
+        )
+    }
+
     /// `cluster init`.
     pub fn cluster_init(&self) -> String {
         format!(
@@ -149,6 +178,13 @@ mod tests {
         // Merging is stable: a second merge of the same block changes nothing.
         assert_eq!(merge(&again, TI_DEMO_ALL, "secret", "auth_jwt_a"), again);
         assert_eq!(merge(&a, TI_DEMO_ALL, "secret", "auth_jwt_a"), a);
+    }
+
+    #[test]
+    fn mapped_claims_are_the_workload_claims_and_the_last_use_claim() {
+        let mut want: Vec<&str> = jss::claims::WORKLOAD_CLAIMS.to_vec();
+        want.push(LAST_USE_CLAIM);
+        assert_eq!(MAPPED_CLAIMS, want.as_slice());
     }
 
     #[test]
