@@ -24,7 +24,7 @@ use serde_json::Value;
 use vaultrs::sys;
 
 use crate::policy::LAST_USE_CLAIM;
-use crate::vault::{Vault, VaultError, absent_as_none};
+use crate::vault::{Vault, VaultError, absent_as_none, strings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
@@ -231,17 +231,7 @@ async fn check_roles(v: &Vault, spec: &PruneSpec) -> Result<(), PruneError> {
         .await,
     )?
     .flatten();
-    let roles: Vec<String> = listed
-        .as_ref()
-        .and_then(|b| b.pointer("/data/keys"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let roles = strings(listed.as_ref().and_then(|b| b.pointer("/data/keys")));
     let mut longest = 0;
     for role in roles {
         let path = format!("{list_path}/{role}");

@@ -19,15 +19,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bootstrap_common::*;
+use jss::signer::SignerKind;
 use jss_tests::bao::Bao;
 use jss_tests::daemon::Daemon;
-use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
-use jss_tests::node::run_in;
+use jss_tests::kubelet::{Ctr, PodBuilder, pod_list};
+use jss_tests::node::{Node, run_in};
 use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
 use serde_json::Value;
 
-const CLUSTER: &str = "c21";
-const MOUNT: &str = "jss-c21";
+const CLUSTER: &str = "EUCluster";
+const MOUNT: &str = "jss-EUCluster";
 const NS: &str = "shop";
 /// Vault tokens from a login live this long; prune ages must exceed it.
 const TOKEN_TTL: &str = "30s";
@@ -45,11 +46,11 @@ fn layout() -> Layout {
     }
 }
 
-/// A node (software key) registered with the cluster, and `jss serve`.
+/// A node (software key) registered with the cluster, and `jss serve`
+/// without its token cache: every request is a new token, a new `jti`.
 struct Cluster {
     bao: Bao,
-    _dir: tempfile::TempDir,
-    kubelet: KubeletStandin,
+    node: Node,
     daemon: Daemon,
 }
 
@@ -69,48 +70,15 @@ impl Cluster {
             ],
             &vault_args(&bao),
         ));
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        ok_v(&register_args(&bao, CLUSTER, "node-1", &state));
-        std::fs::write(
-            dir.path().join("machine-id"),
-            "0123456789abcdef0123456789abcdef\n",
-        )
-        .unwrap();
-        let kubelet = KubeletStandin::start(pod_list(&[]));
-        let d = dir.path().display();
-        let config = format!(
-            r#"socket = "{d}/jss.sock"
-state_dir = "{d}/state"
-cluster_name = "{CLUSTER}"
-cluster_region = "{REGION}"
-node_name = "node-1"
-machine_id_path = "{d}/machine-id"
-audiences = ["vault"]
-audit_log = "{d}/audit.log"
-
-[signer]
-kind = "software"
-
-[kubelet]
-url = "{url}"
-token_path = "{token}"
-ca_path = "{ca}"
-retry_window_ms = 5000
-retry_interval_ms = 100
-max_list_age_ms = 0
-"#,
-            url = kubelet.url(),
-            token = kubelet.token_path().display(),
-            ca = kubelet.ca_path().display(),
-        );
-        let daemon = Daemon::start(dir.path(), &config);
-        Self {
-            bao,
-            _dir: dir,
-            kubelet,
-            daemon,
-        }
+        let node = Node::new(SignerKind::Software, "[cache]\nenabled = false\n");
+        ok_v(&register_args(
+            &bao,
+            CLUSTER,
+            "node-1",
+            &node.path().join("state"),
+        ));
+        let daemon = Daemon::start(node.path(), &node.config);
+        Self { bao, node, daemon }
     }
 
     /// `jss-bootstrap cluster prune --older-than AGE EXTRA...` at `addr`.
@@ -210,7 +178,7 @@ fn start_pod(c: &Cluster, image: &str, name: &str, uid: Option<&str>, running: &
     };
     let mut pods: Vec<Value> = running.iter().map(|p| p.json()).collect();
     pods.push(pod.json());
-    c.kubelet.set_pods(pod_list(&pods));
+    c.node.kubelet.set_pods(pod_list(&pods));
     pod
 }
 
@@ -358,21 +326,24 @@ fn rollouts_make_entities_and_prune_removes_only_the_idle_ones() {
     let a_uid = a.uid.clone();
     let (_, active_sub) = login_as(&c, &a);
     let active = c.entity_of(&active_sub).unwrap();
-    let before = c.entity(&active)["aliases"][0]["last_update_time"].clone();
     let b = start_pod(&c, &img, "web-19-b", None, &[&a]);
     login_as(&c, &b);
     drop(a); // its container restarts: same pod, new container ID and process
     let a2 = start_pod(&c, &img, "web-19-a", Some(&a_uid), &[&b]);
-    let (active_token, _) = login_as(&c, &a2);
+    login_as(&c, &a2);
     assert_eq!(
         c.entities().len(),
         20,
         "20 rollouts: 20 entities; replicas and restarts add none"
     );
-    let after = c.entity(&active)["aliases"][0]["last_update_time"].clone();
+    // The same container logs in again: only `jti` differs, and Vault records it.
+    let last_update = || c.entity(&active)["aliases"][0]["last_update_time"].clone();
+    let before = last_update();
+    let (active_token, _) = login_as(&c, &a2);
     assert_ne!(
-        before, after,
-        "every login moves the alias's last_update_time (mapped jti)"
+        before,
+        last_update(),
+        "a login moves the alias's last_update_time (mapped jti)"
     );
 
     // An age within the role's token lifetime is refused.
@@ -445,4 +416,49 @@ fn rollouts_make_entities_and_prune_removes_only_the_idle_ones() {
         "db-pass-1.0"
     );
     assert_eq!(c.entities().len(), 3);
+}
+
+/// Why policies may template only on claims that are part of `sub`: replicas
+/// share one alias, and its metadata is whatever the last login wrote. A
+/// policy templated on `pod` (forbidden by the README's rule) lets replica
+/// A's Vault token read the path of replica B once B has logged in.
+#[test]
+fn per_replica_metadata_follows_the_last_replica_to_log_in() {
+    let c = Cluster::start();
+    let accessor = c
+        .bao
+        .ok(&["read", "-field=accessor", &format!("sys/auth/{MOUNT}")]);
+    let policy = format!(
+        "path \"secret/data/per-pod/{{{{identity.entity.aliases.{}.metadata.pod}}}}/*\" {{\n  capabilities = [\"read\"]\n}}\n",
+        accessor.trim()
+    );
+    let file = c.node.path().join("per-pod.hcl");
+    std::fs::write(&file, policy).unwrap();
+    // The role grants ti-demo-ri: this test makes it the per-pod policy.
+    c.bao
+        .ok(&["policy", "write", "ti-demo-ri", file.to_str().unwrap()]);
+    for pod in ["web-a", "web-b"] {
+        let path = format!("secret/per-pod/{pod}/s");
+        c.bao.ok(&["kv", "put", &path, &format!("v=for-{pod}")]);
+    }
+
+    let img = image(0);
+    let a = start_pod(&c, &img, "web-a", None, &[]);
+    let (token_a, _) = login_as(&c, &a);
+    assert_eq!(
+        read_secret(&c.bao, &token_a, "secret/per-pod/web-a/s").unwrap(),
+        "for-web-a"
+    );
+    assert!(read_secret(&c.bao, &token_a, "secret/per-pod/web-b/s").is_err());
+
+    let b = start_pod(&c, &img, "web-b", None, &[&a]);
+    login_as(&c, &b);
+    assert_eq!(c.entities().len(), 1, "replicas share one entity");
+    // A's token, unchanged, now resolves `pod` to B's name.
+    assert_eq!(
+        read_secret(&c.bao, &token_a, "secret/per-pod/web-b/s").unwrap(),
+        "for-web-b",
+        "A reads what B's login made the metadata say"
+    );
+    assert!(read_secret(&c.bao, &token_a, "secret/per-pod/web-a/s").is_err());
 }
