@@ -24,7 +24,7 @@ use jss_tests::ca::TestCa;
 use jss_tests::daemon::{Daemon, bin};
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
 use jss_tests::node::run_in;
-use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
+use jss_tests::pods::{Layout, PodProcess, random_container_id, random_pod_uid};
 use jss_tests::swtpm::Swtpm;
 use serde_json::{Value, json};
 
@@ -43,18 +43,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The cgroup layout of this host: v2 (`unified` on hybrid hosts) if there is
-/// one, else v1. A host with neither fails in `PodProcess::spawn`.
-fn layout() -> Layout {
-    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
-        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-    {
-        Layout::V2Systemd(Qos::BestEffort)
-    } else {
-        Layout::V1Cgroupfs(Qos::BestEffort)
-    }
 }
 
 fn now() -> u64 {
@@ -288,8 +276,8 @@ ca_path = "{ca}"
     bao.ok(&["kv", "put", &all_path, "value=s3cret-all"]);
     bao.ok(&["kv", "put", &ri_path, "value=s3cret-ri"]);
 
-    let demo = PodProcess::spawn(layout(), &demo_uid, &demo_id);
-    let other = PodProcess::spawn(layout(), &other_uid, &other_id);
+    let demo = PodProcess::spawn(Layout::of_this_host(), &demo_uid, &demo_id);
+    let other = PodProcess::spawn(Layout::of_this_host(), &other_uid, &other_id);
     Demo {
         bao,
         tpm,

@@ -13,7 +13,6 @@ mod bootstrap_common;
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use jss_tests::bao::Bao;
 use jss_tests::daemon::Daemon;
 use jss_tests::kubelet::{Ctr, PodBuilder, pod_list};
 use jss_tests::node::{Node, run_in};
-use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
+use jss_tests::pods::{Layout, PodProcess, random_container_id, random_pod_uid};
 use serde_json::Value;
 
 const CLUSTER: &str = "EUCluster";
@@ -35,16 +34,6 @@ const TOKEN_TTL: &str = "30s";
 const OLDER_THAN: &str = "45s";
 /// How long the idle workloads wait after their last login: above `OLDER_THAN`.
 const IDLE: Duration = Duration::from_secs(48);
-
-fn layout() -> Layout {
-    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
-        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-    {
-        Layout::V2Systemd(Qos::BestEffort)
-    } else {
-        Layout::V1Cgroupfs(Qos::BestEffort)
-    }
-}
 
 /// A node (software key) registered with the cluster, and `jss serve`
 /// without its token cache: every request is a new token, a new `jti`.
@@ -171,7 +160,7 @@ fn image(rollout: usize) -> String {
 fn start_pod(c: &Cluster, image: &str, name: &str, uid: Option<&str>, running: &[&Pod]) -> Pod {
     let uid = uid.map_or_else(random_pod_uid, String::from);
     let pod = Pod {
-        process: PodProcess::spawn(layout(), &uid, &random_container_id()),
+        process: PodProcess::spawn(Layout::of_this_host(), &uid, &random_container_id()),
         uid,
         name: name.to_string(),
         image: image.to_string(),

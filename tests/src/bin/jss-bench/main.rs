@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|entities] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -13,9 +13,12 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - entities (not part of `all`): the cost of the mapped `jti` per login;
+//!   entity count and OpenBao RSS after 1,000 rollouts, pruned and not.
 
 mod attest;
 mod e2e;
+mod entities;
 mod http;
 mod openbao;
 mod sign;
@@ -184,6 +187,9 @@ fn run() -> anyhow::Result<()> {
         }
         if matches!(what, "e2e" | "all") {
             figures.extend(e2e::run(seconds)?);
+        }
+        if what == "entities" {
+            figures.extend(entities::run()?);
         }
         passes.push(figures);
     }
