@@ -55,19 +55,14 @@ pub fn run() -> anyhow::Result<Figures> {
     }
     drop(c);
 
-    // Rollouts: the claim sets in use stay IN_USE; history grows.
-    let baseline = Cluster::start("1s")?;
-    for r in 0..IN_USE {
-        baseline.login(r)?;
+    // Rollouts: the claim sets in use stay IN_USE; history grows. The
+    // reference makes as many logins, all by the claim sets in use.
+    let reference = Cluster::start("1s")?;
+    for r in 0..ROLLOUTS {
+        reference.login(r % IN_USE)?;
     }
-    let base_rss = baseline.rss_mib()?;
-    println!(
-        "{IN_USE} claim sets in use only: {} entities, OpenBao RSS {base_rss:.1} MiB",
-        baseline.entities()?
-    );
-    f.insert("entities.in_use.count".into(), baseline.entities()? as f64);
-    f.insert("entities.in_use.rss_mib".into(), base_rss);
-    drop(baseline);
+    record(&mut f, &reference, "in_use_only")?;
+    drop(reference);
 
     for prune in [false, true] {
         let c = Cluster::start("1s")?;
@@ -84,16 +79,22 @@ pub fn run() -> anyhow::Result<Figures> {
                 c.prune("2s")?;
             }
         }
-        let label = if prune { "pruned" } else { "unpruned" };
-        let (count, rss) = (c.entities()?, c.rss_mib()?);
-        println!(
-            "{ROLLOUTS} rollouts, {label:<8}: {count} entities, OpenBao RSS {rss:.1} MiB ({:.0} s)",
-            t.elapsed().as_secs_f64()
-        );
-        f.insert(format!("entities.{label}.count"), count as f64);
-        f.insert(format!("entities.{label}.rss_mib"), rss);
+        println!("({:.0} s)", t.elapsed().as_secs_f64());
+        record(&mut f, &c, if prune { "pruned" } else { "unpruned" })?;
     }
     Ok(f)
+}
+
+/// Entity count, OpenBao's RSS and live heap after `ROLLOUTS` rollouts.
+fn record(f: &mut Figures, c: &Cluster, label: &str) -> anyhow::Result<()> {
+    let (count, (rss, heap)) = (c.entities()?, c.memory_mib()?);
+    println!(
+        "{ROLLOUTS} rollouts, {label:<11}: {count:>5} entities, OpenBao RSS {rss:.1} MiB, heap {heap:.1} MiB"
+    );
+    f.insert(format!("entities.{label}.count"), count as f64);
+    f.insert(format!("entities.{label}.rss_mib"), rss);
+    f.insert(format!("entities.{label}.heap_mib"), heap);
+    Ok(())
 }
 
 /// An OpenBao dev server set up by `jss-bootstrap cluster init`, with one
@@ -255,10 +256,12 @@ impl Cluster {
         Ok(keys.len())
     }
 
-    /// Resident memory of the OpenBao process (VmRSS), after a GC had a
-    /// chance to run: Go returns freed memory lazily.
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        std::thread::sleep(Duration::from_secs(2));
+    /// OpenBao's resident memory (VmRSS from /proc) and live heap (the
+    /// `runtime.alloc_bytes` gauge of `sys/metrics`, sampled every 10 s, so
+    /// read after 11 s), in MiB. Go hands freed memory back to the system
+    /// lazily: RSS keeps what the heap once needed.
+    fn memory_mib(&self) -> anyhow::Result<(f64, f64)> {
+        std::thread::sleep(Duration::from_secs(11));
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.bao.pid()))
             .context("read OpenBao's /proc status")?;
         let kib: f64 = status
@@ -267,7 +270,21 @@ impl Cluster {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .context("VmRSS missing from OpenBao's /proc status")?;
-        Ok(kib / 1024.0)
+        let metrics: Value =
+            serde_json::from_str(&self.bao.ok(&["read", "-format=json", "sys/metrics"]))
+                .context("parse sys/metrics")?;
+        let heap = metrics["data"]["Gauges"]
+            .as_array()
+            .and_then(|g| {
+                g.iter().find(|m| {
+                    m["Name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with("runtime.alloc_bytes"))
+                })
+            })
+            .and_then(|m| m["Value"].as_f64())
+            .context("no runtime.alloc_bytes gauge in sys/metrics")?;
+        Ok((kib / 1024.0, heap / 1048576.0))
     }
 }
 
