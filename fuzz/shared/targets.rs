@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use jss::attest::{Workload, cgroup, proc_stat};
 use jss::claims::{ClaimsBuilder, NodeFacts};
-use jss::kubelet::{ContainerKind, PodList, PodQuery, PodSource as _, StaticPods, podlist};
+use jss::kubelet::{ContainerKind, ImageDigests, PodList, PodQuery, PodSource as _, StaticPods};
 use jss::signer::NodePublicKey;
 
 /// Every target, as named under `fuzz/fuzz_targets/` and `fuzz/corpus/`.
@@ -107,9 +107,7 @@ pub fn podlist(data: &[u8]) {
         }
         for st in &pod.statuses {
             let _ = st.running();
-            if let Some(image_id) = &st.image_id {
-                let _ = podlist::image_digest(image_id);
-            }
+            let _ = ImageDigests::from_status(st.image_id.as_deref(), st.image.as_deref());
             if let Some(id) = &st.container_id {
                 for pod_uid in [None, Some(pod.uid.clone()), Some("x".to_string())] {
                     queries.push(PodQuery {

@@ -52,6 +52,7 @@ fn cluster_init_creates_then_finds_everything() {
         "namespace",
         "images",
         "image",
+        "image-id",
         "cluster-name",
         "cluster-region",
         "service-account",
@@ -154,4 +155,36 @@ fn forbidden_prints_the_minimal_policy() {
     args[n - 1] = file.display().to_string();
     let report = ok_v(&args);
     assert!(report.contains("created  auth/jss-c1/role/jss"), "{report}");
+}
+
+/// A runtime that reports only an image ID (CRI-O >= 1.28) gives a token
+/// without `image`: it logs in, and the entity alias has `image-id` and no
+/// `image`, so a policy templated on `image` has nothing to match.
+#[test]
+fn a_token_without_a_registry_digest_logs_in_with_its_image_id() {
+    let bao = Bao::start();
+    cluster_init(&bao, "c1");
+    let dir = tempfile::tempdir().unwrap();
+    ok_v(&register_args(&bao, "c1", "node-1", dir.path()));
+    let id = format!("sha256:{}", "8a".repeat(32));
+    let mut claims = Workload {
+        cluster: "c1",
+        region: REGION,
+        node: "node-1",
+        namespace: "team-a",
+        images_names: "registry.local/app:1.0",
+        image: "",
+    }
+    .claims();
+    let c = claims.as_object_mut().unwrap();
+    c.remove("image");
+    c.insert("image-id".into(), id.clone().into());
+    let vt = login(&bao, "jss-c1", &mint(dir.path(), &claims)).unwrap();
+    let out = bao.run(&vt, &["token", "lookup", "-format=json"]);
+    assert!(out.status.success(), "{out:?}");
+    let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let meta = &me["data"]["meta"];
+    assert_eq!(meta["image-id"], id.as_str(), "{me}");
+    assert!(meta.get("image").is_none(), "{me}");
+    assert_eq!(meta["namespace"], "team-a", "{me}");
 }

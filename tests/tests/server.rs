@@ -117,11 +117,13 @@ fn token_for_a_pod_verifies_and_describes_it() {
             "docker.io/library/busybox:1.36"
         ])
     );
+    // The stand-in reports a registry digest (`repo@sha256:`), no image ID.
     assert!(c["image"].as_str().unwrap().starts_with("sha256:"));
+    assert!(c.get("image-id").is_none(), "{c}");
     assert_eq!(
         c["sub"],
         format!(
-            "eu-de/EUCluster/trusted-identity/demo-sa/{}/{}",
+            "eu-de/EUCluster/trusted-identity/demo-sa/{}/{}/",
             c["images"].as_str().unwrap(),
             c["image"].as_str().unwrap()
         )
@@ -570,19 +572,14 @@ fn warns_when_the_node_certificate_is_nearly_expired() {
 
 #[test]
 fn refusals_are_logged_with_the_request_and_workload_spans() {
-    let env = start("");
-    // A running container whose image digest the kubelet does not know yet.
-    let (uid, id) = (random_pod_uid(), random_container_id());
-    let mut ctr = Ctr::running("app", "registry.local/app:1", &id);
-    ctr.digest = None;
-    let undigested = PodBuilder::new(&uid, "team-b", "nodigest-0")
-        .container(ctr)
-        .json();
-    env.kubelet.set_pods(pod_list(&[
-        pod_json(&env.pod_uid, &env.app_id, &env.side_id),
-        undigested,
-    ]));
-    let pod = PodProcess::spawn(Layout::V1Cgroupfs(Qos::BestEffort), &uid, &id);
+    let mut env = start("");
+    // A refusal after attestation: the TPM is gone when the token is signed.
+    env.node.tpm.as_mut().unwrap().kill();
+    let pod = PodProcess::spawn(
+        Layout::V1Cgroupfs(Qos::BestEffort),
+        &env.pod_uid,
+        &env.app_id,
+    );
     let out = run_in(
         &pod,
         &["token", "--socket", env.daemon.socket.to_str().unwrap()],
@@ -590,20 +587,20 @@ fn refusals_are_logged_with_the_request_and_workload_spans() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("403") && err.contains("claims_unavailable"),
+        err.contains("503") && err.contains("signer_unavailable"),
         "{err}"
     );
 
     let log = env.daemon.stderr();
     let line = log
         .lines()
-        .find(|l| l.contains("claims_unavailable"))
+        .find(|l| l.contains("signer_unavailable"))
         .unwrap_or_else(|| panic!("no log line for the refusal:\n{log}"));
     // Plain text (no terminal colours in a log file), the caller's pid first.
     assert!(!line.contains('\x1b'), "{line:?}");
     for part in [
         "token{pid=",
-        "}:workload{namespace=team-b pod=nodigest-0 container=app}:",
+        "}:workload{namespace=trusted-identity pod=myubuntu-6756d665bc-gc5wz container=app}:",
     ] {
         assert!(line.contains(part), "{part} not in {line}");
     }

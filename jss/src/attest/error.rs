@@ -71,7 +71,9 @@ pub enum AttestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("malformed {path} for process {pid}: {reason}")]
+    #[error(
+        "malformed {path} for process {pid}: {reason}; JSS cannot tell which container the process is in (check proc_root points at the host's /proc)"
+    )]
     ProcMalformed {
         pid: i32,
         path: PathBuf,
@@ -81,7 +83,9 @@ pub enum AttestError {
         "process {pid} is not in a Kubernetes pod container (cgroup {cgroup}); only pod containers on this node get tokens"
     )]
     NotInPod { pid: i32, cgroup: String },
-    #[error("process {pid}: its cgroups disagree about the pod or container (cgroup {cgroup})")]
+    #[error(
+        "process {pid}: its cgroups name more than one pod or container (cgroup {cgroup}); JSS will not pick one, so a process in such cgroups gets no token"
+    )]
     CgroupConflict {
         pid: i32,
         cgroup: String,

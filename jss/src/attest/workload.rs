@@ -8,12 +8,16 @@ use serde::Serialize;
 use crate::kubelet::PodMatch;
 pub use crate::kubelet::{ContainerKind, OwnerReference};
 
-/// One container of the pod: its spec image and, once pulled, its digest.
+/// One container of the pod: its spec image and, once the runtime reports
+/// them, its image's digests (README.md, "Token format").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerImage {
     pub name: String,
     pub image: String,
+    /// Registry (manifest) digest `sha256:<hex>`.
     pub digest: Option<String>,
+    /// Image ID (config digest) `sha256:<hex>`.
+    pub image_id: Option<String>,
     pub kind: ContainerKind,
 }
 
@@ -28,8 +32,12 @@ pub struct Workload {
     pub container_id: String,
     /// The calling container's image reference, from the spec.
     pub image: String,
-    /// `sha256:<hex>` from the calling container's status `imageID`.
+    /// Registry (manifest) digest `sha256:<hex>` of the calling container's
+    /// image, when its runtime reports one (`repo@sha256:<hex>`).
     pub image_digest: Option<String>,
+    /// Image ID (config digest) `sha256:<hex>` of the calling container's
+    /// image, when its runtime reports one (`sha256:<hex>`, bare hex).
+    pub image_id: Option<String>,
     /// Containers, then init containers, then ephemeral ones, in spec order.
     pub images: Vec<ContainerImage>,
     pub labels: Arc<BTreeMap<String, String>>,
@@ -46,10 +54,15 @@ impl Workload {
             ContainerKind::Ephemeral,
         ] {
             for c in pod.spec(kind) {
+                let digests = pod
+                    .status(kind, &c.name)
+                    .map(|s| s.digests.clone())
+                    .unwrap_or_default();
                 images.push(ContainerImage {
                     name: c.name.clone(),
                     image: c.image.clone(),
-                    digest: pod.status(kind, &c.name).and_then(|s| s.digest.clone()),
+                    digest: digests.repo_digest,
+                    image_id: digests.image_id,
                     kind,
                 });
             }
@@ -64,7 +77,7 @@ impl Workload {
             .filter(|i| !i.is_empty())
             .or_else(|| status.and_then(|s| s.image.clone()))
             .unwrap_or_default();
-        let image_digest = status.and_then(|s| s.digest.clone());
+        let digests = status.map(|s| s.digests.clone()).unwrap_or_default();
         Workload {
             namespace: pod.namespace.clone(),
             pod_name: pod.name.clone(),
@@ -74,7 +87,8 @@ impl Workload {
             container_name: m.container_name,
             container_id: m.container_id,
             image,
-            image_digest,
+            image_digest: digests.repo_digest,
+            image_id: digests.image_id,
             images,
             labels: Arc::clone(&pod.labels),
             owner_references: Arc::clone(&pod.owner_references),

@@ -19,21 +19,17 @@ use crate::attest::{ContainerKind, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimsError {
-    #[error("cannot read the machine ID from {path}: {source}")]
+    #[error(
+        "cannot read the machine ID from {path}: {source}; set machine_id_path to the node's /etc/machine-id"
+    )]
     MachineId {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("machine ID in {path} is empty or not 32 hex digits")]
-    BadMachineId { path: std::path::PathBuf },
     #[error(
-        "container {container} of pod {namespace}/{pod} has no image digest (imageID) in the kubelet's status yet; retry once it is running"
+        "machine ID in {path} is empty or not 32 hex digits; machine_id_path must name the node's /etc/machine-id (systemd-machine-id-setup writes one)"
     )]
-    NoImageDigest {
-        namespace: String,
-        pod: String,
-        container: String,
-    },
+    BadMachineId { path: std::path::PathBuf },
     #[error("the random number generator failed while making a token ID")]
     Random,
 }
@@ -65,6 +61,8 @@ pub fn read_machine_id(path: &Path) -> Result<String, ClaimsError> {
 
 /// The string claims that describe the node and the workload: what a Vault
 /// role maps into entity-alias metadata for policies to template on.
+/// `image` and `image-id` are left out of a token whose container's runtime
+/// did not report that kind of digest (README.md, "Token format").
 pub const WORKLOAD_CLAIMS: &[&str] = &[
     "cluster-name",
     "cluster-region",
@@ -78,12 +76,13 @@ pub const WORKLOAD_CLAIMS: &[&str] = &[
     "images-names",
     "images",
     "image",
+    "image-id",
 ];
 
 /// The registered JWT claims every token carries besides [`WORKLOAD_CLAIMS`].
 pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 
-/// The token payload (DESIGN.md, "Token format").
+/// The token payload (README.md, "Token format").
 /// Node and workload fields borrow from the builder and the workload: a
 /// token costs no copies of them.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -111,7 +110,14 @@ pub struct Claims<'a> {
     #[serde(rename = "images-names")]
     pub images_names: String,
     pub images: String,
-    pub image: &'a str,
+    /// Registry (manifest) digest `sha256:<hex>`; omitted when not reported,
+    /// so a policy templated on it grants nothing (an empty value would
+    /// put every such workload on one path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<&'a str>,
+    /// Image ID (config digest) `sha256:<hex>`; omitted when not reported.
+    #[serde(rename = "image-id", skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<&'a str>,
 }
 
 /// Builds claims for one node.
@@ -139,21 +145,15 @@ impl ClaimsBuilder {
         &self.facts
     }
 
-    /// Claims for `w` asking for `audience` at unix time `now`.
+    /// Claims for `w` asking for `audience` at unix time `now`. Any running
+    /// container gets them, whatever digests its runtime reported; the only
+    /// error is a failed random number generator.
     pub fn build<'a>(
         &'a self,
         w: &'a Workload,
         audience: &'a str,
         now: u64,
     ) -> Result<Claims<'a>, ClaimsError> {
-        let image = w
-            .image_digest
-            .as_deref()
-            .ok_or_else(|| ClaimsError::NoImageDigest {
-                namespace: w.namespace.clone(),
-                pod: w.pod_name.clone(),
-                container: w.container_name.clone(),
-            })?;
         // Spec image names: containers in spec order, then init containers (as TSI).
         let names: Vec<&str> = [ContainerKind::Container, ContainerKind::Init]
             .iter()
@@ -179,7 +179,8 @@ impl ClaimsBuilder {
             container: &w.container_name,
             images_names: images_names(&names),
             images: images_hash(&names),
-            image,
+            image: w.image_digest.as_deref(),
+            image_id: w.image_id.as_deref(),
         };
         claims.sub = self.sub.render(&claims);
         Ok(claims)

@@ -8,9 +8,9 @@
 
 use super::Claims;
 
-/// DESIGN.md's default.
+/// The default (README.md, "Token format").
 pub const DEFAULT_SUB_TEMPLATE: &str =
-    "{cluster-region}/{cluster-name}/{namespace}/{service-account}/{images}/{image}";
+    "{cluster-region}/{cluster-name}/{namespace}/{service-account}/{images}/{image}/{image-id}";
 
 /// Claims a template may name. `pod`, `pod-uid`, `jti` and times are left out
 /// on purpose: they would make one Vault entity per pod or per token.
@@ -21,6 +21,7 @@ const ALLOWED: &[&str] = &[
     "service-account",
     "images",
     "image",
+    "image-id",
     "container",
     "node",
     "machineid",
@@ -91,7 +92,9 @@ impl SubTemplate {
                     "namespace" => c.namespace,
                     "service-account" => c.service_account,
                     "images" => &c.images,
-                    "image" => c.image,
+                    // Absent digests render empty: a digest is never empty.
+                    "image" => c.image.unwrap_or_default(),
+                    "image-id" => c.image_id.unwrap_or_default(),
                     "container" => c.container,
                     "node" => c.node,
                     "machineid" => c.machineid,

@@ -12,23 +12,27 @@ fn workload() -> Workload {
         container_id: "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961".into(),
         image: "nginx:1.27".into(),
         image_digest: Some(format!("sha256:{}", "ab".repeat(32))),
+        image_id: Some(format!("sha256:{}", "cd".repeat(32))),
         images: vec![
             ContainerImage {
                 name: "init".into(),
                 image: "busybox:1".into(),
                 digest: None,
+                image_id: None,
                 kind: ContainerKind::Init,
             },
             ContainerImage {
                 name: "app".into(),
                 image: "nginx:1.27".into(),
                 digest: Some(format!("sha256:{}", "ab".repeat(32))),
+                image_id: Some(format!("sha256:{}", "cd".repeat(32))),
                 kind: ContainerKind::Container,
             },
             ContainerImage {
                 name: "side".into(),
                 image: "envoy:1".into(),
                 digest: None,
+                image_id: None,
                 kind: ContainerKind::Container,
             },
         ],
@@ -62,12 +66,17 @@ fn claims_follow_the_token_format() {
         c.images,
         images_hash(&["nginx:1.27", "envoy:1", "busybox:1"])
     );
-    assert_eq!(c.image, format!("sha256:{}", "ab".repeat(32)));
+    let (image, image_id) = (
+        format!("sha256:{}", "ab".repeat(32)),
+        format!("sha256:{}", "cd".repeat(32)),
+    );
+    assert_eq!(c.image, Some(image.as_str()));
+    assert_eq!(c.image_id, Some(image_id.as_str()));
     assert_eq!(
         c.sub,
         format!(
-            "eu-de/EUCluster/trusted-identity/default/{}/{}",
-            c.images, c.image
+            "eu-de/EUCluster/trusted-identity/default/{}/{image}/{image_id}",
+            c.images
         )
     );
     let v = serde_json::to_value(&c).unwrap();
@@ -98,13 +107,66 @@ fn jti_is_unique() {
 }
 
 #[test]
-fn missing_digest_is_an_error() {
-    let mut w = workload();
-    w.image_digest = None;
-    assert!(matches!(
-        builder().build(&w, "vault", 1),
-        Err(ClaimsError::NoImageDigest { .. })
-    ));
+fn unreported_digests_are_left_out_not_refused() {
+    let b = builder();
+    for (digest, id) in [(true, false), (false, true), (false, false)] {
+        let mut w = workload();
+        if !digest {
+            w.image_digest = None;
+        }
+        if !id {
+            w.image_id = None;
+        }
+        let c = b.build(&w, "vault", 1).unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v.get("image").is_some(), digest, "{v}");
+        assert_eq!(v.get("image-id").is_some(), id, "{v}");
+    }
+}
+
+/// Vault keys entity aliases by `sub`: every claim a policy may template on
+/// must change it, including a digest that is present for one workload and
+/// absent for the other.
+#[test]
+fn sub_differs_for_every_templatable_claim_set() {
+    let b = builder();
+    let other = |x: &str| format!("sha256:{}", x.repeat(32));
+    type Change = Box<dyn Fn(&mut Workload)>;
+    let variants: Vec<(&str, Change)> = vec![
+        ("base", Box::new(|_| {})),
+        ("namespace", Box::new(|w| w.namespace = "other".into())),
+        (
+            "service-account",
+            Box::new(|w| w.service_account = "sa2".into()),
+        ),
+        (
+            "images",
+            Box::new(|w| w.images[1].image = "nginx:1.28".into()),
+        ),
+        (
+            "image",
+            Box::new(move |w| w.image_digest = Some(other("01"))),
+        ),
+        ("no image", Box::new(|w| w.image_digest = None)),
+        (
+            "image-id",
+            Box::new(move |w| w.image_id = Some(other("02"))),
+        ),
+        ("no image-id", Box::new(|w| w.image_id = None)),
+        (
+            "image and image-id swapped",
+            Box::new(|w| std::mem::swap(&mut w.image_digest, &mut w.image_id)),
+        ),
+    ];
+    let mut seen = std::collections::BTreeMap::new();
+    for (name, change) in &variants {
+        let mut w = workload();
+        change(&mut w);
+        let sub = b.build(&w, "vault", 1).unwrap().sub;
+        if let Some(prev) = seen.insert(sub.clone(), *name) {
+            panic!("{name} and {prev} share sub {sub}");
+        }
+    }
 }
 
 #[test]

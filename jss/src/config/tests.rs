@@ -60,7 +60,7 @@ fn bad_values_name_their_key() {
         ),
         ("kind = \"tpm\"", "kind = \"hsm\"", "kind"),
         ("node_name = \"node-1\"", "", "node_name"),
-        ("{image}\"", "{pod}\"", "sub_template"),
+        ("{image-id}\"", "{pod}\"", "sub_template"),
         (
             "socket = \"/run/jss/jss.sock\"",
             "socket = \"rel.sock\"",

@@ -73,6 +73,7 @@ struct Inner<F> {
     fetches: AtomicU64,
     errors: AtomicU64,
     pods: AtomicU64,
+    skipped: AtomicU64,
 }
 
 /// A [`PodSource`] over any [`FetchPods`].
@@ -100,6 +101,7 @@ impl<F: FetchPods> SharedPodList<F> {
                 fetches: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 pods: AtomicU64::new(0),
+                skipped: AtomicU64::new(0),
             }),
         }
     }
@@ -201,6 +203,7 @@ impl<F: FetchPods> Inner<F> {
         let list = match res {
             Ok(Ok(l)) => {
                 self.pods.store(l.pods.len() as u64, Ordering::Relaxed);
+                self.skipped.fetch_add(l.skipped as u64, Ordering::Relaxed);
                 Ok(Arc::new(l))
             }
             Ok(Err(e)) => Err(Arc::new(e)),
@@ -242,6 +245,7 @@ impl<F: FetchPods> PodSource for SharedPodList<F> {
             fetches: self.inner.fetches.load(Ordering::Relaxed),
             fetch_errors: self.inner.errors.load(Ordering::Relaxed),
             pods: self.inner.pods.load(Ordering::Relaxed),
+            pods_skipped: self.inner.skipped.load(Ordering::Relaxed),
         }
     }
 }
@@ -295,6 +299,7 @@ impl PodSource for StaticPods {
             fetches: 0,
             fetch_errors: 0,
             pods: self.list.pods.len() as u64,
+            pods_skipped: self.list.skipped as u64,
         }
     }
 }

@@ -27,13 +27,17 @@ pub enum KubeletError {
         "kubelet at {url} forbids listing pods (403); grant the service account `get` on `nodes/proxy` (or nodes/pods)"
     )]
     Forbidden { url: String },
-    #[error("kubelet at {url} answered HTTP {status}")]
+    #[error(
+        "kubelet at {url} answered HTTP {status} to GET /pods instead of the pod list; check that [kubelet] url names this node's kubelet"
+    )]
     Status { url: String, status: u16 },
     #[error(
         "kubelet at {url} sent more than {limit} bytes; raise [kubelet] max_response_bytes if the node really runs that many pods"
     )]
     TooLarge { url: String, limit: u64 },
-    #[error("kubelet at {url} sent a malformed pod list: {source}")]
+    #[error(
+        "kubelet at {url} sent a malformed pod list (JSON object with an `items` array expected): {source}; no caller on this node can be attested until it does; check that [kubelet] url names this node's kubelet"
+    )]
     Malformed {
         url: String,
         #[source]
@@ -83,27 +87,30 @@ impl KubeletError {
 /// Why no pod could be matched.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("no pod on this node lists container {container_id}{} after {waited:?} and {lists} pod list(s) from the kubelet; if the pod just started, retry; otherwise check that [kubelet] url is this node's kubelet", pod_uid.as_ref().map(|u| format!(" (pod UID {u} from the cgroup)")).unwrap_or_default())]
+    #[error("the kubelet lists no pod with container {container_id}{} (waited {waited:?}, {lists} pod list(s)): the caller is not a container of a pod this kubelet runs; a container started moments ago may appear in a later list, anything else never will (check that [kubelet] url names this node's kubelet)", pod_uid.as_ref().map(|u| format!(" (pod UID {u} from the cgroup)")).unwrap_or_default())]
     NotFound {
         container_id: String,
         pod_uid: Option<String>,
         waited: Duration,
         lists: u64,
     },
-    #[error("container {container} of pod {namespace}/{pod} is {state}, not running")]
+    #[error(
+        "the kubelet reports container {container} of pod {namespace}/{pod} as {state}, not running; tokens go only to running containers{}",
+        not_running_hint(state)
+    )]
     NotRunning {
         namespace: String,
         pod: String,
         container: String,
         state: &'static str,
     },
-    #[error("container {container_id} is listed by two pods ({}); refusing to pick one", pods.join(", "))]
+    #[error("container {container_id} is listed by two pods in the kubelet's pod list ({}); JSS will not guess which is the caller's: a fault of the kubelet or runtime on this node, not of the caller", pods.join(", "))]
     Duplicate {
         container_id: String,
         pods: Vec<String>,
     },
     #[error(
-        "container {container_id} is in pod {cgroup_pod} by its cgroup but in pod {kubelet_pod} by the kubelet"
+        "container {container_id} is in pod {cgroup_pod} by its cgroup but in pod {kubelet_pod} by the kubelet; no token while the two disagree (a fault of this node's runtime or kubelet, not of the caller)"
     )]
     PodMismatch {
         container_id: String,
@@ -112,6 +119,16 @@ pub enum LookupError {
     },
     #[error(transparent)]
     Kubelet(Arc<KubeletError>),
+}
+
+/// What a caller in a container that is not running can expect.
+fn not_running_hint(state: &str) -> &'static str {
+    match state {
+        "terminated" => "; a terminated container gets none",
+        _ => {
+            "; the kubelet's status lags the runtime, so ask again once it reports the container running"
+        }
+    }
 }
 
 impl LookupError {

@@ -10,6 +10,7 @@
 mod cache;
 mod client;
 mod config;
+mod digests;
 mod error;
 pub mod podlist;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub use cache::{FetchPods, KubeletPods, SharedPodList, StaticPods, Timing};
 pub use client::KubeletClient;
 pub use config::{KubeletConfig, KubeletConfigError};
+pub use digests::{DigestKind, ImageDigests};
 pub use error::{KubeletError, LookupError};
 pub use podlist::{ContainerKind, ContainerStatus, OwnerReference, Pod, PodList, SpecContainer};
 
@@ -54,6 +56,9 @@ pub struct PodSourceStats {
     pub fetch_errors: u64,
     /// Pods in the newest list.
     pub pods: u64,
+    /// List items skipped so far, summed over the lists fetched: not pod
+    /// objects, or without a UID, name or namespace.
+    pub pods_skipped: u64,
 }
 
 /// Finds the running pod and container for a caller.

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::digests::ImageDigests;
+
 /// Where in the pod a container is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,9 +44,10 @@ pub struct ContainerStatus {
     pub name: String,
     /// The ID after `://`, if the runtime has created the container yet.
     pub container_id: Option<String>,
+    /// The status `imageID` as the runtime reported it.
     pub image_id: Option<String>,
-    /// `sha256:<hex>` from `image_id`, worked out once per list.
-    pub digest: Option<String>,
+    /// Registry digest and image ID from `imageID` and `image`, worked out once per list.
+    pub digests: ImageDigests,
     pub image: Option<String>,
     /// `running`, `waiting`, `terminated` or `unknown`.
     pub state: &'static str,
@@ -92,7 +95,7 @@ impl Pod {
 pub struct PodList {
     /// Shared with the lookups that match them: a token request copies no pod.
     pub pods: Vec<Arc<Pod>>,
-    /// Pods the kubelet listed without a UID (skipped).
+    /// Items skipped: not a pod object, or without a UID, name or namespace.
     pub skipped: usize,
 }
 
@@ -100,51 +103,128 @@ pub struct PodList {
 #[error("unable to parse kubelet response: {0}")]
 pub struct ParseError(#[from] pub serde_json::Error);
 
+/// Why items were left out of one list, for its single log line.
+#[derive(Debug, Default)]
+struct Skips {
+    null: usize,
+    not_a_pod: usize,
+    no_uid: usize,
+    no_name: usize,
+    /// `namespace/name` of the first pod skipped for a missing field.
+    first: Option<String>,
+}
+
 impl PodList {
-    /// Parses a `/pods` body (a `PodList` object with `items`).
+    /// Parses a `/pods` body: an object whose `items` is an array (or
+    /// `null`). Items that are not pod objects, or lack a UID, name or
+    /// namespace, are skipped and counted in [`PodList::skipped`] (one
+    /// warning per list); a body that is not such an object is an error.
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
-        let raw: RawList = serde_json::from_slice(body)?;
+        // The common case in one pass; only a list with an item that is not
+        // a pod object is parsed again, item by item. `Some(None)` is a
+        // `null` item, `None` one that is not a pod object.
+        let items: Vec<Option<Option<RawPod>>> =
+            match serde_json::from_slice::<RawList<Option<RawPod>>>(body) {
+                Ok(raw) => raw.items.into_iter().map(Some).collect(),
+                Err(_) => serde_json::from_slice::<RawList<Lenient>>(body)?
+                    .items
+                    .into_iter()
+                    .map(|l| l.0)
+                    .collect(),
+            };
         let mut list = PodList::default();
-        for p in raw.items {
-            let Some(uid) = p.metadata.uid.filter(|u| !u.is_empty()) else {
-                tracing::warn!(
-                    pod = %p.metadata.name,
-                    namespace = %p.metadata.namespace,
-                    "kubelet listed a pod without a UID; skipped"
-                );
-                list.skipped += 1;
+        let mut skips = Skips::default();
+        for item in items {
+            let mut p = match item {
+                Some(Some(p)) => p,
+                Some(None) => {
+                    skips.null += 1;
+                    continue;
+                }
+                None => {
+                    skips.not_a_pod += 1;
+                    continue;
+                }
+            };
+            let uid = p.metadata.uid.take().filter(|u| !u.is_empty());
+            let named = !p.metadata.name.is_empty() && !p.metadata.namespace.is_empty();
+            let Some(uid) = uid.filter(|_| named) else {
+                if named {
+                    skips.no_uid += 1;
+                } else {
+                    skips.no_name += 1;
+                }
+                skips
+                    .first
+                    .get_or_insert_with(|| format!("{}/{}", p.metadata.namespace, p.metadata.name));
                 continue;
             };
-            let mut statuses = Vec::new();
-            for (kind, v) in [
-                (ContainerKind::Container, p.status.container_statuses),
-                (ContainerKind::Init, p.status.init_container_statuses),
-                (
-                    ContainerKind::Ephemeral,
-                    p.status.ephemeral_container_statuses,
-                ),
-            ] {
-                statuses.extend(v.into_iter().map(|s| s.into_status(kind)));
-            }
-            list.pods.push(Arc::new(Pod {
-                uid,
-                name: p.metadata.name,
-                namespace: p.metadata.namespace,
-                labels: Arc::new(p.metadata.labels),
-                owner_references: p.metadata.owner_references.into(),
-                node_name: p.spec.node_name,
-                service_account: p
-                    .spec
-                    .service_account_name
-                    .or(p.spec.service_account)
-                    .unwrap_or_default(),
-                containers: p.spec.containers,
-                init_containers: p.spec.init_containers,
-                ephemeral_containers: p.spec.ephemeral_containers,
-                statuses,
-            }));
+            list.pods.push(Arc::new(p.into_pod(uid)));
+        }
+        list.skipped = skips.null + skips.not_a_pod + skips.no_uid + skips.no_name;
+        if list.skipped > 0 {
+            tracing::warn!(
+                skipped = list.skipped,
+                null = skips.null,
+                not_a_pod = skips.not_a_pod,
+                no_uid = skips.no_uid,
+                no_name_or_namespace = skips.no_name,
+                pods = list.pods.len(),
+                first = skips.first.as_deref().unwrap_or(""),
+                "kubelet pod list holds items that are not pods with a UID, name and namespace; skipped them (jss_kubelet_pods_skipped_total)"
+            );
         }
         Ok(list)
+    }
+}
+
+impl RawPod {
+    fn into_pod(self, uid: String) -> Pod {
+        let RawPod {
+            metadata,
+            spec,
+            status,
+        } = self;
+        let mut statuses = Vec::new();
+        for (kind, v) in [
+            (ContainerKind::Container, status.container_statuses),
+            (ContainerKind::Init, status.init_container_statuses),
+            (
+                ContainerKind::Ephemeral,
+                status.ephemeral_container_statuses,
+            ),
+        ] {
+            statuses.extend(v.into_iter().map(|s| s.into_status(kind)));
+        }
+        Pod {
+            uid,
+            name: metadata.name,
+            namespace: metadata.namespace,
+            labels: Arc::new(metadata.labels),
+            owner_references: metadata.owner_references.into(),
+            node_name: spec.node_name,
+            service_account: spec
+                .service_account_name
+                .or(spec.service_account)
+                .unwrap_or_default(),
+            containers: spec.containers,
+            init_containers: spec.init_containers,
+            ephemeral_containers: spec.ephemeral_containers,
+            statuses,
+        }
+    }
+}
+
+/// One entry of `items` in the item-by-item pass: `None` when it is not an
+/// object, or an object whose fields do not have a pod's types.
+struct Lenient(Option<Option<RawPod>>);
+
+impl<'de> Deserialize<'de> for Lenient {
+    /// The item as a JSON value first, so a bad one is skipped without
+    /// losing the place in the list.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(Lenient(Option::<RawPod>::deserialize(&v).ok()))
     }
 }
 
@@ -158,10 +238,11 @@ where
 }
 
 #[derive(Deserialize)]
-struct RawList {
+#[serde(bound = "T: Deserialize<'de>")]
+struct RawList<T> {
     // Required: `{}` is not a pod list. `null` is an empty one.
     #[serde(deserialize_with = "null_default")]
-    items: Vec<RawPod>,
+    items: Vec<T>,
 }
 
 #[derive(Deserialize, Default)]
@@ -262,23 +343,15 @@ impl RawContainerStatus {
                     None => c,
                 });
         let image_id = self.image_id.filter(|s| !s.is_empty());
+        let image = self.image.filter(|s| !s.is_empty());
         ContainerStatus {
             kind,
             name: self.name,
             container_id,
-            digest: image_id.as_deref().and_then(image_digest),
+            digests: ImageDigests::from_status(image_id.as_deref(), image.as_deref()),
             image_id,
-            image: self.image.filter(|s| !s.is_empty()),
+            image,
             state,
         }
     }
-}
-
-/// `sha256:<hex>` from a status `imageID` (`docker-pullable://repo@sha256:…`,
-/// `repo@sha256:…`, `sha256:…`).
-pub fn image_digest(image_id: &str) -> Option<String> {
-    let at = image_id.rfind("sha256:")?;
-    let hex = &image_id[at + 7..];
-    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .then(|| format!("sha256:{hex}"))
 }

@@ -36,10 +36,42 @@ fn parse_rules() {
     assert!(PodList::parse(b"[]").is_err());
     assert!(PodList::parse(br#"{"items":{}}"#).is_err());
     assert!(PodList::parse(b"{not json").is_err());
+    assert!(PodList::parse(br#"{"items":"x"}"#).is_err());
+    assert!(PodList::parse(br#"{"items":[null}"#).is_err());
     assert_eq!(PodList::parse(br#"{"items":null}"#).unwrap().pods.len(), 0);
-    let l = PodList::parse(br#"{"items":[{"metadata":{"name":"x"}},{"metadata":{"uid":"u"}}]}"#)
-        .unwrap();
+    let l = PodList::parse(
+        br#"{"items":[{"metadata":{"name":"x","namespace":"n"}},{"metadata":{"uid":"u","name":"y","namespace":"n"}}]}"#,
+    )
+    .unwrap();
     assert_eq!((l.pods.len(), l.skipped), (1, 1));
+}
+
+/// `null` and `{}` next to real pods, as seen in the field (DataDog's
+/// kubelet client filters them: DataDog/datadog-agent#3817, fixture
+/// `podlist_null_pod.json`), and other items that are not pods.
+#[test]
+fn items_that_are_not_pods_are_skipped_and_counted() {
+    let body = include_bytes!("../../../tests/fixtures/kubelet/null-items.json");
+    let l = PodList::parse(body).unwrap();
+    assert_eq!((l.pods.len(), l.skipped), (1, 9));
+    let p = &l.pods[0];
+    assert_eq!(
+        (p.namespace.as_str(), p.name.as_str()),
+        ("shop", "web-7d4b9c-x2k8p")
+    );
+    assert!(p.statuses[0].running());
+    assert_eq!(
+        p.statuses[0].digests.repo_digest.as_deref(),
+        Some("sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31")
+    );
+    // Without the items that are not pod objects the one-pass parse takes
+    // it (the others need the item-by-item pass): the same pods either way.
+    let mut v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let items = v["items"].as_array_mut().unwrap();
+    items.retain(|i| i.is_null() || (i.is_object() && !i["metadata"]["uid"].is_number()));
+    assert_eq!(items.len(), 6);
+    let one_pass = PodList::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!((one_pass.pods, one_pass.skipped), (l.pods, 5));
 }
 
 #[test]
@@ -76,11 +108,6 @@ fn lookup_rules() {
     ));
     let l = list(&[pod("b", None, "waiting")]);
     assert!(matches!(l.lookup(&q(None), 1), Outcome::Miss));
-    assert_eq!(
-        podlist::image_digest(&format!("docker-pullable://r@sha256:{ID}")),
-        Some(format!("sha256:{ID}"))
-    );
-    assert_eq!(podlist::image_digest("sha256:abc"), None);
 }
 
 /// Serves pre-set answers, one per fetch, slowly, counting fetches.
@@ -199,4 +226,46 @@ async fn gives_up_after_the_window() {
     let e = src.find(&q(None)).await.unwrap_err();
     assert_eq!(e.code(), "kubelet_bad_status");
     assert!(src.stats().fetch_errors >= 2);
+}
+
+/// A refusal that asking again cannot change says so and names whose fault
+/// it is; it never tells the caller to retry.
+#[test]
+fn permanent_refusals_do_not_suggest_a_retry() {
+    let permanent = [
+        LookupError::NotRunning {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "app".into(),
+            state: "terminated",
+        },
+        LookupError::Duplicate {
+            container_id: ID.into(),
+            pods: vec!["ns/a (1)".into(), "ns/b (2)".into()],
+        },
+        LookupError::PodMismatch {
+            container_id: ID.into(),
+            cgroup_pod: "1".into(),
+            kubelet_pod: "ns/b (2)".into(),
+        },
+        LookupError::Kubelet(Arc::new(KubeletError::Malformed {
+            url: "https://node:10250/pods".into(),
+            source: PodList::parse(b"[]").unwrap_err(),
+        })),
+    ];
+    for e in permanent {
+        let m = e.to_string().to_lowercase();
+        assert!(!m.contains("retry") && !m.contains("again"), "{m}");
+    }
+    let waiting = LookupError::NotRunning {
+        namespace: "ns".into(),
+        pod: "p".into(),
+        container: "app".into(),
+        state: "waiting",
+    };
+    assert!(
+        waiting
+            .to_string()
+            .contains("once it reports the container running")
+    );
 }

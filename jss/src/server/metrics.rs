@@ -27,7 +27,7 @@ pub struct Metrics {
     pub request_seconds: Histogram,
 }
 
-/// Reads the pod source's own fetch counter at scrape time.
+/// Reads the pod source's own counters at scrape time.
 struct KubeletFetches(Arc<dyn PodSource>);
 
 impl std::fmt::Debug for KubeletFetches {
@@ -38,14 +38,24 @@ impl std::fmt::Debug for KubeletFetches {
 
 impl Collector for KubeletFetches {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let c = ConstCounter::new(self.0.fetches());
-        let m = encoder.encode_descriptor(
-            "jss_kubelet_fetches",
-            "Pod list fetches from the kubelet",
-            None,
-            c.metric_type(),
-        )?;
-        c.encode(m)
+        let stats = self.0.stats();
+        for (name, help, n) in [
+            (
+                "jss_kubelet_fetches",
+                "Pod list fetches from the kubelet",
+                stats.fetches,
+            ),
+            (
+                "jss_kubelet_pods_skipped",
+                "Pod list items skipped: not pod objects, or without a UID, name or namespace",
+                stats.pods_skipped,
+            ),
+        ] {
+            let c = ConstCounter::new(n);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        Ok(())
     }
 }
 
