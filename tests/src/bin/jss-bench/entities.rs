@@ -1,6 +1,7 @@
 //! Vault identity entities (README, "Vault identity entities"): what the
 //! mapped `jti` costs a login, and entity count and OpenBao RSS after 1,000
-//! simulated rollouts with and without `jss-bootstrap cluster prune`.
+//! simulated rollouts with and without `jss-bootstrap cluster prune`; login
+//! latency and memory as entities accumulate.
 //!
 //! Logins are simulated: tokens with a rollout's claims, signed by a node
 //! key registered with the mount (`jss-bootstrap node register`), posted to
@@ -42,14 +43,7 @@ pub fn run() -> anyhow::Result<Figures> {
             c.drop_jti_mapping()?;
         }
         c.login(0)?; // the entity exists; what follows are re-logins
-        let mut lat = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            c.login(0)?;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        lat.sort_by(f64::total_cmp);
-        let p50 = lat[n / 2];
+        let p50 = relogin_p50(&c, n)?;
         println!("re-login, role maps {label:<6}: p50 {p50:.3} ms over {n}");
         f.insert(format!("entities.relogin.{label}.p50_ms"), p50);
     }
@@ -82,7 +76,45 @@ pub fn run() -> anyhow::Result<Figures> {
         println!("({:.0} s)", t.elapsed().as_secs_f64());
         record(&mut f, &c, if prune { "pruned" } else { "unpruned" })?;
     }
+
+    // Login latency as entities accumulate, at the counts named in
+    // JSS_BENCH_ENTITY_STEPS (default 0,10000; 100000 takes minutes).
+    let steps: Vec<usize> = std::env::var("JSS_BENCH_ENTITY_STEPS")
+        .unwrap_or_else(|_| "0,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let c = Cluster::start("1s")?;
+    let mut made = 1;
+    c.login(0)?;
+    for step in steps {
+        while made < step {
+            c.login(made)?;
+            made += 1;
+        }
+        let p50 = relogin_p50(&c, 200)?;
+        let (rss, heap) = c.memory_mib()?;
+        println!(
+            "{:>6} entities: re-login p50 {p50:.3} ms, OpenBao RSS {rss:.1} MiB, heap {heap:.1} MiB",
+            c.entities()?
+        );
+        f.insert(format!("entities.at_{step}.relogin_p50_ms"), p50);
+        f.insert(format!("entities.at_{step}.rss_mib"), rss);
+        f.insert(format!("entities.at_{step}.heap_mib"), heap);
+    }
     Ok(f)
+}
+
+/// Median of `n` logins by the workload of rollout 0, in ms.
+fn relogin_p50(c: &Cluster, n: usize) -> anyhow::Result<f64> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.login(0)?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat[n / 2])
 }
 
 /// Entity count, OpenBao's RSS and live heap after `ROLLOUTS` rollouts.
