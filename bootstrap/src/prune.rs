@@ -88,6 +88,7 @@ pub struct PruneReport {
 }
 
 /// Runs the prune, writing one line per pruned entity and a summary to `out`.
+#[tracing::instrument(skip_all, fields(mount = %spec.mount, dry_run = spec.dry_run))]
 pub async fn prune(
     v: &Vault,
     spec: &PruneSpec,

@@ -288,12 +288,27 @@ impl Cluster {
         Ok(keys.len())
     }
 
-    /// OpenBao's resident memory (VmRSS from /proc) and live heap (the
-    /// `runtime.alloc_bytes` gauge of `sys/metrics`, sampled every 10 s, so
-    /// read after 11 s), in MiB. Go hands freed memory back to the system
-    /// lazily: RSS keeps what the heap once needed.
+    /// OpenBao's live heap right after a garbage collection (`HeapAlloc`
+    /// of `sys/pprof/heap?debug=1&gc=1`) and its resident memory (VmRSS
+    /// from /proc), in MiB. Go hands freed memory back to the system lazily:
+    /// RSS keeps what the heap once needed.
     fn memory_mib(&self) -> anyhow::Result<(f64, f64)> {
-        std::thread::sleep(Duration::from_secs(11));
+        let addr = self.bao.addr();
+        let req = format!(
+            "GET /v1/sys/pprof/heap?debug=1&gc=1 HTTP/1.1\r\nHost: {}\r\nX-Vault-Token: {ROOT_TOKEN}\r\n\r\n",
+            addr.trim_start_matches("http://")
+        );
+        let (status, body) = self
+            .conn
+            .borrow_mut()
+            .exchange(req.as_bytes())
+            .context("read OpenBao's heap profile")?;
+        ensure!(status == 200, "sys/pprof/heap answered {status}");
+        let heap: f64 = String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("# HeapAlloc = "))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no HeapAlloc in OpenBao's heap profile")?;
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.bao.pid()))
             .context("read OpenBao's /proc status")?;
         let kib: f64 = status
@@ -302,20 +317,6 @@ impl Cluster {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .context("VmRSS missing from OpenBao's /proc status")?;
-        let metrics: Value =
-            serde_json::from_str(&self.bao.ok(&["read", "-format=json", "sys/metrics"]))
-                .context("parse sys/metrics")?;
-        let heap = metrics["data"]["Gauges"]
-            .as_array()
-            .and_then(|g| {
-                g.iter().find(|m| {
-                    m["Name"]
-                        .as_str()
-                        .is_some_and(|n| n.ends_with("runtime.alloc_bytes"))
-                })
-            })
-            .and_then(|m| m["Value"].as_f64())
-            .context("no runtime.alloc_bytes gauge in sys/metrics")?;
         Ok((kib / 1024.0, heap / 1048576.0))
     }
 }
