@@ -7,6 +7,7 @@
 //! key registered with the mount (`jss-bootstrap node register`), posted to
 //! `auth/<mount>/login` over one keep-alive connection.
 
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -293,17 +294,25 @@ impl Cluster {
     /// from /proc), in MiB. Go hands freed memory back to the system lazily:
     /// RSS keeps what the heap once needed.
     fn memory_mib(&self) -> anyhow::Result<(f64, f64)> {
+        // HTTP/1.0: the profile comes whole, not chunked, up to the close.
         let addr = self.bao.addr();
+        let mut stream = TcpStream::connect(addr.trim_start_matches("http://"))
+            .context("connect to OpenBao for its heap profile")?;
         let req = format!(
-            "GET /v1/sys/pprof/heap?debug=1&gc=1 HTTP/1.1\r\nHost: {}\r\nX-Vault-Token: {ROOT_TOKEN}\r\n\r\n",
-            addr.trim_start_matches("http://")
+            "GET /v1/sys/pprof/heap?debug=1&gc=1 HTTP/1.0\r\nX-Vault-Token: {ROOT_TOKEN}\r\n\r\n"
         );
-        let (status, body) = self
-            .conn
-            .borrow_mut()
-            .exchange(req.as_bytes())
+        stream
+            .write_all(req.as_bytes())
+            .context("ask OpenBao for its heap profile")?;
+        let mut body = Vec::new();
+        stream
+            .read_to_end(&mut body)
             .context("read OpenBao's heap profile")?;
-        ensure!(status == 200, "sys/pprof/heap answered {status}");
+        ensure!(
+            body.split(|b| *b == b' ').nth(1) == Some(b"200"),
+            "sys/pprof/heap: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
         let heap: f64 = String::from_utf8_lossy(&body)
             .lines()
             .find_map(|l| l.strip_prefix("# HeapAlloc = "))
