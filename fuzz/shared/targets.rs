@@ -11,15 +11,18 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use jss::attest::{Workload, cgroup, proc_stat};
 use jss::claims::{ClaimsBuilder, NodeFacts};
+use jss::config::Limits;
 use jss::kubelet::{ContainerKind, ImageDigests, PodList, PodQuery, PodSource as _, StaticPods};
+use jss::server::http::{self, Endpoint};
+use jss::server::{Code, Refusal};
 use jss::signer::NodePublicKey;
 
 /// Every target, as named under `fuzz/fuzz_targets/` and `fuzz/corpus/`.
@@ -138,66 +141,34 @@ pub fn podlist(data: &[u8]) {
     });
 }
 
-/// The daemon's hyper settings (jss/src/server/mod.rs) and default limits
-/// (jss/src/config: `header_timeout_ms`, `max_body_bytes`, `request_timeout_ms`).
-const HEADER_TIMEOUT: Duration = Duration::from_millis(5_000);
-const MAX_BODY: usize = 4096;
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(45_000);
+/// The daemon's default limits (`[limits]` in jss/src/config).
+fn limits() -> Limits {
+    Limits::default()
+}
+
 /// After the client stops sending (and later closes its side), the server
 /// must have answered or closed within this much (virtual) time.
 pub const HTTP_BOUND: Duration = Duration::from_secs(60);
 
-fn respond(status: u16, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r
-}
-
-/// What `jss::server::http::route` does before attestation.
+/// The daemon's routing and request reading (`jss::server::http`) up to
+/// attestation, which needs a key, a chain and `/proc`: the endpoint, the
+/// audience from the query or the body within the limits, the allow-list.
+/// Answers 200 with the audience, or the daemon's refusal.
 async fn route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let answer = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/token") => match post_audience(req).await {
-            Ok(a) => respond(200, a.unwrap_or_default()),
-            Err(status) => respond(status, String::new()),
-        },
-        (&Method::GET, "/v1/token") => respond(
-            200,
-            jss::server::http::audience_from_query(req.uri().query()).unwrap_or_default(),
-        ),
-        (&Method::GET, "/v1/bundle" | "/v1/jwks" | "/healthz" | "/metrics") => {
-            respond(200, "ok".into())
+    let audiences = ["vault".to_string(), "other".to_string()];
+    let answer = async {
+        match Endpoint::of(req.method(), req.uri().path())? {
+            Endpoint::TokenPost | Endpoint::TokenGet => {
+                let asked = http::requested_audience(req, &limits()).await?;
+                let audience = http::allowed_audience(&audiences, asked.as_deref())?;
+                Ok(Response::new(Full::new(Bytes::from(audience.to_string()))))
+            }
+            _ => Ok(Response::new(Full::new(Bytes::from_static(b"ok")))),
         }
-        (_, "/v1/token" | "/v1/bundle" | "/v1/jwks" | "/healthz" | "/metrics") => {
-            respond(405, String::new())
-        }
-        (_, path) => respond(404, path.to_string()),
     };
-    Ok(answer)
-}
-
-/// `read_post_audience` in jss/src/server/http.rs, without the metrics.
-async fn post_audience(req: Request<Incoming>) -> Result<Option<String>, u16> {
-    if let Some(len) = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > MAX_BODY
-    {
-        return Err(413);
-    }
-    let collected = tokio::time::timeout(
-        HEADER_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await
-    .map_err(|_| 408u16)?;
-    let body = match collected {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(413),
-        Err(_) => return Err(400),
-    };
-    jss::server::http::audience_from_body(&body).map_err(|d| d.status)
+    Ok(answer
+        .await
+        .unwrap_or_else(|r: Refusal| http::refusal_response(&r)))
 }
 
 /// One HTTP/1.1 connection carrying `data`, served as the daemon serves it.
@@ -219,24 +190,26 @@ pub fn http_exchange(data: &[u8]) -> Vec<u8> {
         .expect("tokio runtime");
     rt.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .max_buf_size(16 * 1024)
-            .serve_connection(
-                TokioIo::new(server),
-                hyper::service::service_fn(|req| async move {
-                    match tokio::time::timeout(REQUEST_TIMEOUT, route(req)).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(respond(503, String::new())),
-                    }
-                }),
-            );
+        let header_timeout = Duration::from_millis(limits().header_timeout_ms);
+        let limits = limits();
+        let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+        let conn = jss::server::http1(&limits).serve_connection(
+            TokioIo::new(server),
+            hyper::service::service_fn(move |req| async move {
+                match tokio::time::timeout(request_timeout, route(req)).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(http::refusal_response(&Refusal::new(
+                        Code::Timeout,
+                        "request timeout",
+                    ))),
+                }
+            }),
+        );
         let (mut rd, mut wr) = tokio::io::split(client);
         let send = async move {
             // The server may close early (bad request): write errors are fine.
             let _ = wr.write_all(data).await;
-            tokio::time::sleep(HEADER_TIMEOUT + Duration::from_secs(1)).await;
+            tokio::time::sleep(header_timeout + Duration::from_secs(1)).await;
             let _ = wr.shutdown().await;
             // Keep the write half alive until the server is done.
             std::future::pending::<()>().await;
@@ -250,7 +223,7 @@ pub fn http_exchange(data: &[u8]) -> Vec<u8> {
             let (_conn, answer) = tokio::join!(conn, recv);
             answer
         };
-        let bound = HEADER_TIMEOUT + Duration::from_secs(1) + HTTP_BOUND;
+        let bound = header_timeout + Duration::from_secs(1) + HTTP_BOUND;
         tokio::select! {
             answer = served => answer,
             () = send => unreachable!(),

@@ -1,8 +1,13 @@
 //! JSS: a per-node workload identity signer for Kubernetes.
 //!
-//! Request flow, top down: `server` → `attest` → `kubelet` → `claims` →
-//! `cache` → `signer`, with `token` encoding the JWS, `chain` holding the
-//! node certificate chain and `state` owning the node's files.
+//! Request flow, top down: `server` → `attest` → `kubelet` → `cache` →
+//! `claims` → `signer`. The cache is asked before any claims are built: a
+//! token for the same pod UID, container and audience with at least half its
+//! lifetime left is handed out again as is. `token` encodes the JWS, `chain`
+//! holds the node certificate chain and `state` owns the node's files; every
+//! refusal goes through `server`'s one contract (codes, statuses, audit).
+//! `workload` is the pod side: token files for agents and TSI's secret
+//! sidecar (`jss token --out`, `jss secrets`).
 
 pub mod attest;
 pub mod cache;
@@ -16,3 +21,4 @@ pub mod server;
 pub mod signer;
 pub mod state;
 pub mod token;
+pub mod workload;

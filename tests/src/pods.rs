@@ -89,19 +89,6 @@ pub fn v2_root() -> PathBuf {
 }
 
 impl Layout {
-    /// This host's layout for best-effort pods: v2 (`unified` on hybrid
-    /// hosts) if there is one, else v1. A host with neither fails in
-    /// [`PodProcess::spawn`].
-    pub fn of_this_host() -> Self {
-        if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
-            || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-        {
-            Self::V2Systemd(Qos::BestEffort)
-        } else {
-            Self::V1Cgroupfs(Qos::BestEffort)
-        }
-    }
-
     /// Directories from the first shared parent down to the container's.
     fn dirs(self, pod_uid: &str, container_id: &str) -> (Vec<PathBuf>, usize) {
         match self {

@@ -105,7 +105,7 @@ fn not_in_pod_names_the_cgroup_and_gone_is_gone() {
     assert!(e.to_string().contains("cgroup /"), "{e}");
     let e = locate(&root.join("mountinfo-root-only"), 999_999).unwrap_err();
     assert_eq!(e.code(), "process_gone");
-    assert_eq!(e.class(), jss::attest::DenyClass::Unauthorized);
+    assert_eq!(jss::server::Code::from(&e).status(), 401);
 }
 
 #[test]

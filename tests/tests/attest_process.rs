@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jss::attest::{Attestor, DenyClass, PeerProcess, ReuseGuard, guard_supported, locate};
+use jss::attest::{Attestor, PeerProcess, ReuseGuard, guard_supported, locate};
 use jss::inspect::{InspectArgs, run};
 use jss::kubelet::{
     BoxFuture, KubeletPods, LookupError, PodMatch, PodQuery, PodSource, PodSourceStats,
@@ -97,8 +97,8 @@ async fn process_outside_any_pod() {
     let peer = PeerProcess::by_start_time(Path::new("/proc"), h.pid(), 0, 0).unwrap();
     let e = attestor(&k).attest(&peer).await.unwrap_err();
     assert_eq!(
-        (e.code(), e.class()),
-        ("not_in_pod", DenyClass::Forbidden),
+        (e.code(), jss::server::Code::from(&e).status()),
+        ("not_in_pod", 403),
         "{e}"
     );
     assert!(
@@ -121,8 +121,8 @@ async fn pid_reuse_guard() {
     let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 4321, 4321).unwrap();
     let e = a.attest(&peer).await.unwrap_err();
     assert_eq!(
-        (e.code(), e.class()),
-        ("process_changed", DenyClass::Unauthorized),
+        (e.code(), jss::server::Code::from(&e).status()),
+        ("process_changed", 401),
         "{e}"
     );
     // A different start time (what a reused PID looks like).
@@ -192,8 +192,8 @@ async fn reused_pid_is_refused(use_pidfd: bool) {
         att.attest_located(&peer, &loc).await.unwrap_err(),
     ] {
         assert_eq!(
-            (e.code(), e.class()),
-            (expected, DenyClass::Unauthorized),
+            (e.code(), jss::server::Code::from(&e).status()),
+            (expected, 401),
             "{e}"
         );
     }
@@ -282,8 +282,8 @@ async fn caller_that_exits_mid_attestation_is_refused() {
     // The kubelet found the pod, but the caller is gone by the re-check.
     let e = a.attest(&peer).await.unwrap_err();
     assert_eq!(
-        (e.code(), e.class()),
-        ("process_gone", DenyClass::Unauthorized),
+        (e.code(), jss::server::Code::from(&e).status()),
+        ("process_gone", 401),
         "{e}"
     );
 }
@@ -325,8 +325,8 @@ async fn kubelet_down_is_unavailable() {
     let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
     let e = a.attest(&peer).await.unwrap_err();
     assert_eq!(
-        (e.code(), e.class()),
-        ("kubelet_unavailable", DenyClass::Unavailable),
+        (e.code(), jss::server::Code::from(&e).status()),
+        ("kubelet_unavailable", 503),
         "{e}"
     );
     assert!(e.to_string().contains(&p.container_id), "{e}");

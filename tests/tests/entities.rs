@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use bootstrap_common::*;
 use jss::signer::SignerKind;
 use jss_tests::bao::Bao;
+use jss_tests::cluster::layout;
 use jss_tests::daemon::Daemon;
 use jss_tests::kubelet::{Ctr, PodBuilder, pod_list};
 use jss_tests::node::{Node, run_in};
-use jss_tests::pods::{Layout, PodProcess, random_container_id, random_pod_uid};
+use jss_tests::pods::{PodProcess, random_container_id, random_pod_uid};
 use serde_json::Value;
 
 const CLUSTER: &str = "EUCluster";
@@ -160,7 +161,7 @@ fn image(rollout: usize) -> String {
 fn start_pod(c: &Cluster, image: &str, name: &str, uid: Option<&str>, running: &[&Pod]) -> Pod {
     let uid = uid.map_or_else(random_pod_uid, String::from);
     let pod = Pod {
-        process: PodProcess::spawn(Layout::of_this_host(), &uid, &random_container_id()),
+        process: PodProcess::spawn(layout(), &uid, &random_container_id()),
         uid,
         name: name.to_string(),
         image: image.to_string(),

@@ -5,30 +5,6 @@ use std::path::PathBuf;
 use super::cgroup::CgroupError;
 use crate::kubelet::LookupError;
 
-/// How the server answers a refusal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DenyClass {
-    /// 403: the caller is not a pod container we can vouch for.
-    Forbidden,
-    /// 401: the caller is not the process that connected (PID reuse).
-    Unauthorized,
-    /// 503: the kubelet is down, refuses us, is slow or talks nonsense.
-    Unavailable,
-    /// 500: our own environment is broken (cannot read /proc, …).
-    Internal,
-}
-
-impl DenyClass {
-    pub fn http_status(self) -> u16 {
-        match self {
-            DenyClass::Forbidden => 403,
-            DenyClass::Unauthorized => 401,
-            DenyClass::Unavailable => 503,
-            DenyClass::Internal => 500,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
     #[error(
@@ -106,40 +82,9 @@ pub enum AttestError {
 }
 
 impl AttestError {
-    /// Short machine code: the JSON error code and the metrics label.
+    /// The refusal code the socket API answers with (the contract, with
+    /// statuses, is `server::refusal`).
     pub fn code(&self) -> &'static str {
-        match self {
-            AttestError::ProcessGone { .. } | AttestError::ConnectorExited { .. } => "process_gone",
-            AttestError::NoPeerCredentials(_) => "no_peer_credentials",
-            AttestError::NoPeerPid => "no_peer_pid",
-            AttestError::NoPidfd { .. } => "no_pidfd",
-            AttestError::ProcRead { .. } => "proc_unreadable",
-            AttestError::ProcMalformed { .. } => "proc_malformed",
-            AttestError::NotInPod { .. } => "not_in_pod",
-            AttestError::CgroupConflict { .. } => "cgroup_conflict",
-            AttestError::ProcessChanged { .. } => "process_changed",
-            AttestError::Lookup { source, .. } => source.code(),
-        }
-    }
-
-    pub fn class(&self) -> DenyClass {
-        match self {
-            AttestError::ProcessGone { .. }
-            | AttestError::ConnectorExited { .. }
-            | AttestError::ProcessChanged { .. } => DenyClass::Unauthorized,
-            AttestError::NoPeerCredentials(_) | AttestError::NoPeerPid => DenyClass::Forbidden,
-            AttestError::ProcRead { .. } | AttestError::ProcMalformed { .. } => DenyClass::Internal,
-            AttestError::NoPidfd { .. } => DenyClass::Unavailable,
-            AttestError::NotInPod { .. } | AttestError::CgroupConflict { .. } => {
-                DenyClass::Forbidden
-            }
-            AttestError::Lookup { source, .. } => match source {
-                LookupError::NotFound { .. }
-                | LookupError::NotRunning { .. }
-                | LookupError::PodMismatch { .. } => DenyClass::Forbidden,
-                LookupError::Duplicate { .. } => DenyClass::Internal,
-                LookupError::Kubelet(_) => DenyClass::Unavailable,
-            },
-        }
+        crate::server::Code::from(self).as_str()
     }
 }

@@ -1,13 +1,15 @@
 //! Who is calling: kernel peer credentials, cgroups, then the kubelet.
 //!
 //! Nothing the caller says is trusted. At accept the server takes the peer's
-//! pid, uid and a pidfd from the kernel ([`PeerProcess::of_socket`]); the
+//! pid, uid and a pidfd from the kernel ([`PeerProcess::of_socket`]), kept
+//! with its located container for the connection's life ([`Peer`]); the
 //! [`Attestor`] reads the pid's cgroups for pod and container, asks the
 //! kubelet ([`PodSource`]) which running pod holds that container, and then
 //! checks that the pid still names the process that connected (PID-reuse
 //! guard, see `peer`).
 
 pub mod cgroup;
+mod connection;
 mod error;
 mod locate;
 mod peer;
@@ -17,7 +19,8 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use error::{AttestError, DenyClass};
+pub use connection::{Peer, Unattested};
+pub use error::AttestError;
 pub use locate::{Location, locate};
 pub use peer::{PeerProcess, ReuseGuard, guard_supported};
 pub use workload::{ContainerImage, ContainerKind, OwnerReference, Workload};

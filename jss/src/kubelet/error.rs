@@ -67,20 +67,9 @@ pub enum KubeletError {
 }
 
 impl KubeletError {
+    /// The refusal code the socket API answers with (see `server::refusal`).
     pub fn code(&self) -> &'static str {
-        match self {
-            KubeletError::Unreachable { .. } => "kubelet_unavailable",
-            KubeletError::Timeout { .. } => "kubelet_timeout",
-            KubeletError::Unauthorized { .. } => "kubelet_unauthorized",
-            KubeletError::Forbidden { .. } => "kubelet_forbidden",
-            KubeletError::Status { .. } => "kubelet_bad_status",
-            KubeletError::TooLarge { .. } => "kubelet_response_too_large",
-            KubeletError::Malformed { .. } => "kubelet_malformed",
-            KubeletError::Token { .. } => "kubelet_token_unreadable",
-            KubeletError::File { .. } | KubeletError::Setup { .. } | KubeletError::Config(_) => {
-                "kubelet_client_config"
-            }
-        }
+        crate::server::Code::from(self).as_str()
     }
 }
 
@@ -132,13 +121,8 @@ fn not_running_hint(state: &str) -> &'static str {
 }
 
 impl LookupError {
+    /// The refusal code the socket API answers with (see `server::refusal`).
     pub fn code(&self) -> &'static str {
-        match self {
-            LookupError::NotFound { .. } => "pod_not_found",
-            LookupError::NotRunning { .. } => "container_not_running",
-            LookupError::Duplicate { .. } => "duplicate_container_id",
-            LookupError::PodMismatch { .. } => "pod_mismatch",
-            LookupError::Kubelet(e) => e.code(),
-        }
+        crate::server::Code::from(self).as_str()
     }
 }

@@ -9,8 +9,12 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
+use tracing::Instrument as _;
 
-use super::{App, Denial, Peer};
+use super::audit::AuditRecord;
+use super::{App, Code, Refusal};
+use crate::attest::Peer;
+use crate::config::Limits;
 
 pub type Body = Full<Bytes>;
 
@@ -22,16 +26,20 @@ fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> R
     r
 }
 
-fn error(d: &Denial) -> Response<Body> {
-    let body = serde_json::json!({"error": d.code, "message": d.message}).to_string();
-    let mut r = respond(d.status, "application/json", body);
-    if let Some(secs) = d.retry_after {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+/// A refusal as the caller gets it: its status, `Retry-After` when set, and
+/// `{"error": "<code>", "message": "…"}`.
+pub fn refusal_response(r: &Refusal) -> Response<Body> {
+    let body = serde_json::json!({"error": r.code.as_str(), "message": r.message}).to_string();
+    let mut resp = respond(r.status(), "application/json", body);
+    if let Some(secs) = r.retry_after {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
-    r
+    resp
 }
 
-/// Serves one request from the peer `peer` (attested at accept).
+/// Serves one request from `peer` (taken at accept). Every refusal, however
+/// it came about, is counted, audited and answered here, once.
 pub async fn handle(
     app: Arc<App>,
     peer: Arc<Peer>,
@@ -39,21 +47,31 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let is_token = req.uri().path() == "/v1/token";
+    let pid = peer.ids().0;
+    let span = if is_token {
+        tracing::info_span!("token", pid)
+    } else {
+        tracing::info_span!("request", pid)
+    };
     let timeout = Duration::from_millis(app.cfg.limits.request_timeout_ms);
-    let resp = match tokio::time::timeout(timeout, route(&app, &peer, req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(d)) => error(&d),
-        Err(_) => {
-            app.metrics.deny("timeout");
-            error(&Denial::unavailable(
-                "timeout",
-                format!(
-                    "the request did not finish within {} ms",
-                    timeout.as_millis()
+    let answer = async {
+        match tokio::time::timeout(timeout, route(&app, &peer, req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(r)) => refuse(&app, &peer, &r),
+            Err(_) => refuse(
+                &app,
+                &peer,
+                &Refusal::new(
+                    Code::Timeout,
+                    format!(
+                        "the request did not finish within {} ms (limits.request_timeout_ms)",
+                        timeout.as_millis()
+                    ),
                 ),
-            ))
+            ),
         }
     };
+    let resp = answer.instrument(span).await;
     if is_token {
         app.metrics
             .request_seconds
@@ -62,85 +80,148 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Counts, audits and logs the refusal `r` of `peer`, and answers it.
+fn refuse(app: &App, peer: &Peer, r: &Refusal) -> Response<Body> {
+    let (pid, uid) = peer.ids();
+    app.metrics.deny(r.code.as_str());
+    app.audit.record(AuditRecord {
+        pid,
+        uid,
+        namespace: r.workload.as_ref().map(|w| w.namespace.as_str()),
+        pod: r.workload.as_ref().map(|w| w.pod.as_str()),
+        container: r.workload.as_ref().map(|w| w.container.as_str()),
+        audience: r.audience.as_deref(),
+        outcome: "denied",
+        code: Some(r.code.as_str()),
+        reason: Some(&r.message),
+        ..Default::default()
+    });
+    // In the workload's span when the caller was attested, like its other lines.
+    let _workload = r.workload.as_ref().map(|w| {
+        tracing::info_span!(
+            "workload",
+            namespace = %w.namespace,
+            pod = %w.pod,
+            container = %w.container
+        )
+        .entered()
+    });
+    tracing::warn!(uid, code = r.code.as_str(), "{}", r.message);
+    refusal_response(r)
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/token`: audience from the JSON body, token as JSON.
+    TokenPost,
+    /// `GET /v1/token`: audience from the query, token as text.
+    TokenGet,
+    Bundle,
+    Jwks,
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+impl Endpoint {
+    /// The endpoint `method path` names. Errors: 405 `method_not_allowed`
+    /// for a known path, else 404 `not_found`.
+    pub fn of(method: &Method, path: &str) -> Result<Self, Refusal> {
+        Ok(match (method, path) {
+            (&Method::POST, "/v1/token") => Endpoint::TokenPost,
+            (&Method::GET, "/v1/token") => Endpoint::TokenGet,
+            (&Method::GET, "/v1/bundle") => Endpoint::Bundle,
+            (&Method::GET, "/v1/jwks") => Endpoint::Jwks,
+            (&Method::GET, "/healthz") => Endpoint::Healthz,
+            (&Method::GET, "/readyz") => Endpoint::Readyz,
+            (&Method::GET, "/metrics") => Endpoint::Metrics,
+            (_, "/v1/token" | "/v1/bundle" | "/v1/jwks" | "/healthz" | "/readyz" | "/metrics") => {
+                return Err(Refusal::new(
+                    Code::MethodNotAllowed,
+                    format!("{method} is not allowed on {path}"),
+                ));
+            }
+            (_, path) => {
+                return Err(Refusal::new(
+                    Code::NotFound,
+                    format!("no such endpoint {path}; see /v1/token"),
+                ));
+            }
+        })
+    }
+}
+
 async fn route(
     app: &Arc<App>,
     peer: &Peer,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Denial> {
-    match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/token") => {
-            let audience = read_post_audience(app, req).await?;
-            let issued = issue(app, peer, audience.as_deref()).await?;
-            Ok(respond(
-                200,
+) -> Result<Response<Body>, Refusal> {
+    let endpoint = Endpoint::of(req.method(), req.uri().path())?;
+    Ok(match endpoint {
+        Endpoint::TokenPost | Endpoint::TokenGet => {
+            let asked = requested_audience(req, &app.cfg.limits).await?;
+            let audience = allowed_audience(&app.cfg.audiences, asked.as_deref())?;
+            let issued = app
+                .issue(peer, audience)
+                .await
+                .map_err(|r| r.for_audience(audience))?;
+            if endpoint == Endpoint::TokenPost {
+                respond(
+                    200,
+                    "application/json",
+                    token_json(&issued.token, issued.exp),
+                )
+            } else {
+                respond(200, "text/plain; charset=utf-8", issued.token + "\n")
+            }
+        }
+        Endpoint::Bundle => respond(200, "application/x-pem-file", app.keys().chain_pem.clone()),
+        Endpoint::Jwks => respond(200, "application/json", app.keys().jwks.clone()),
+        Endpoint::Healthz => respond(200, "text/plain", "ok\n"),
+        // A probe's answer, not a refused request: neither audited nor
+        // counted as a denial (the signer error itself is counted).
+        Endpoint::Readyz => match app.signer_ready().await {
+            Ok(()) => respond(200, "text/plain", "ready\n"),
+            Err(f) => respond(
+                503,
                 "application/json",
-                token_json(&issued.token, issued.exp),
-            ))
-        }
-        (&Method::GET, "/v1/token") => {
-            let audience = audience_from_query(req.uri().query());
-            let issued = issue(app, peer, audience.as_deref()).await?;
-            Ok(respond(
-                200,
-                "text/plain; charset=utf-8",
-                issued.token + "\n",
-            ))
-        }
-        (&Method::GET, "/v1/bundle") => Ok(respond(
-            200,
-            "application/x-pem-file",
-            app.keys().chain_pem.clone(),
-        )),
-        (&Method::GET, "/v1/jwks") => Ok(respond(200, "application/json", app.keys().jwks.clone())),
-        (&Method::GET, "/healthz") => Ok(respond(200, "text/plain", "ok\n")),
-        (&Method::GET, "/metrics") => Ok(respond(
+                serde_json::json!({"error": "signer_unavailable", "reason": f.reason, "message": f.message})
+                    .to_string(),
+            ),
+        },
+        Endpoint::Metrics => respond(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             app.metrics.render(),
-        )),
-        (_, "/v1/token" | "/v1/bundle" | "/v1/jwks" | "/healthz" | "/metrics") => Err(Denial::new(
-            405,
-            "method_not_allowed",
-            format!("{} is not allowed here", req.method()),
-        )),
-        (_, path) => Err(Denial::new(
-            404,
-            "not_found",
-            format!("no such endpoint {path}; see /v1/token"),
-        )),
-    }
+        ),
+    })
 }
 
-async fn issue(
-    app: &Arc<App>,
-    peer: &Peer,
-    audience: Option<&str>,
-) -> Result<super::issue::Issued, Denial> {
-    let audience = match audience {
-        None | Some("") => app.cfg.audiences[0].as_str(),
-        Some(a) => app
-            .cfg
-            .audiences
+/// The audience to sign for: `asked` if it is in `audiences`, the first of
+/// `audiences` when none (or empty) was asked. Error: 400 `bad_audience`.
+pub fn allowed_audience<'a>(
+    audiences: &'a [String],
+    asked: Option<&str>,
+) -> Result<&'a str, Refusal> {
+    let first = audiences.first().map(String::as_str).unwrap_or_default();
+    match asked {
+        None | Some("") => Ok(first),
+        Some(a) => audiences
             .iter()
             .find(|x| *x == a)
             .map(String::as_str)
             .ok_or_else(|| {
-                app.metrics.deny("bad_audience");
-                Denial::new(
-                    400,
-                    "bad_audience",
+                Refusal::new(
+                    Code::BadAudience,
                     format!(
                         "audience {a:?} is not allowed; allowed: {}",
-                        app.cfg.audiences.join(", ")
+                        audiences.join(", ")
                     ),
                 )
-            })?,
-    };
-    let process = match &peer.process {
-        Ok(p) => p,
-        Err(r) => return Err(app.refuse(r.pid, r.uid, audience, r.denial.clone())),
-    };
-    app.issue(process, &peer.location, audience).await
+                .for_audience(a)
+            }),
+    }
 }
 
 /// Only `audience` is read from the body; anything else the caller sends is
@@ -150,11 +231,24 @@ struct TokenRequest {
     audience: Option<String>,
 }
 
-async fn read_post_audience(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-) -> Result<Option<String>, Denial> {
-    let limit = app.cfg.limits.max_body_bytes;
+/// The audience a token request asks for, if any: from the query of a
+/// `GET`, from the body of anything else, read within `limits`
+/// (`max_body_bytes`; the body must arrive within `header_timeout_ms`).
+///
+/// Errors: 413 `too_large` (by `Content-Length` or once read), 408
+/// `slow_body`, 400 `bad_request` (unreadable body, not a JSON object).
+pub async fn requested_audience<B>(
+    req: Request<B>,
+    limits: &Limits,
+) -> Result<Option<String>, Refusal>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if req.method() == Method::GET {
+        return Ok(audience_from_query(req.uri().query()));
+    }
+    let limit = limits.max_body_bytes;
     if let Some(len) = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -162,24 +256,20 @@ async fn read_post_audience(
         .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
-        app.metrics.deny("too_large");
-        return Err(Denial::new(
-            413,
-            "too_large",
-            format!("request body of {len} bytes exceeds {limit}"),
+        return Err(Refusal::new(
+            Code::TooLarge,
+            format!("request body of {len} bytes exceeds limits.max_body_bytes ({limit})"),
         ));
     }
     // A body that trickles in gets the same deadline as the headers.
-    let deadline = Duration::from_millis(app.cfg.limits.header_timeout_ms);
+    let deadline = Duration::from_millis(limits.header_timeout_ms);
     let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect())
         .await
         .map_err(|_| {
-            app.metrics.deny("slow_body");
-            Denial::new(
-                408,
-                "slow_body",
+            Refusal::new(
+                Code::SlowBody,
                 format!(
-                    "the request body did not arrive within {} ms",
+                    "the request body did not arrive within {} ms (limits.header_timeout_ms)",
                     deadline.as_millis()
                 ),
             )
@@ -187,22 +277,19 @@ async fn read_post_audience(
     let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
-            app.metrics.deny("too_large");
-            return Err(Denial::new(
-                413,
-                "too_large",
-                format!("request body exceeds {limit} bytes"),
+            return Err(Refusal::new(
+                Code::TooLarge,
+                format!("request body exceeds limits.max_body_bytes ({limit})"),
             ));
         }
         Err(e) => {
-            return Err(Denial::new(
-                400,
-                "bad_request",
+            return Err(Refusal::new(
+                Code::BadRequest,
                 format!("cannot read the request body: {e}"),
             ));
         }
     };
-    audience_from_body(&body).inspect_err(|d| app.metrics.deny(d.code))
+    audience_from_body(&body)
 }
 
 /// `{"token":…,"expires_at":…}`. A compact JWS is base64url and dots, so it
@@ -233,14 +320,13 @@ pub fn audience_from_query(query: Option<&str>) -> Option<String> {
 
 /// The audience of a `POST /v1/token` body: empty, or a JSON object whose
 /// only field read is `audience`.
-pub fn audience_from_body(body: &[u8]) -> Result<Option<String>, Denial> {
+pub fn audience_from_body(body: &[u8]) -> Result<Option<String>, Refusal> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     let r: TokenRequest = serde_json::from_slice(body).map_err(|e| {
-        Denial::new(
-            400,
-            "bad_request",
+        Refusal::new(
+            Code::BadRequest,
             format!("body is not a JSON object like {{\"audience\":\"vault\"}}: {e}"),
         )
     })?;
@@ -271,9 +357,14 @@ mod tests {
             audience_from_body(br#"{"audience":"vault","namespace":"kube-system"}"#).unwrap(),
             Some("vault".into())
         );
-        assert_eq!(audience_from_body(b"[1]").unwrap_err().code, "bad_request");
         assert_eq!(
-            audience_from_body(br#"{"audience":7}"#).unwrap_err().status,
+            audience_from_body(b"[1]").unwrap_err().code,
+            Code::BadRequest
+        );
+        assert_eq!(
+            audience_from_body(br#"{"audience":7}"#)
+                .unwrap_err()
+                .status(),
             400
         );
     }

@@ -1,16 +1,16 @@
-//! One token request, top down: attest → kubelet → claims → cache → signer.
+//! One token request, top down: attest → kubelet → cache → claims → signer.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument as _;
 
 use super::audit::AuditRecord;
-use super::{App, Denial};
-use crate::attest::{Location, PeerProcess, Workload, locate};
+use super::{App, Code, Refusal};
+use crate::attest::{Peer, PeerProcess, Workload};
 use crate::cache::{CacheKey, CachedToken};
-use crate::claims::ClaimsError;
-use crate::signer::Backend;
+use crate::claims::Claims;
+use crate::signer::{Priority, QueueError};
 use crate::token::TokenEncoder;
 
 /// A token handed to the caller.
@@ -19,7 +19,7 @@ pub struct Issued {
     pub exp: u64,
 }
 
-fn now_unix() -> u64 {
+pub(super) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -28,52 +28,8 @@ fn now_unix() -> u64 {
 
 impl App {
     /// Attests `peer` and returns a token for `audience` (already allow-listed).
-    pub async fn issue(
-        self: &Arc<Self>,
-        peer: &PeerProcess,
-        location: &OnceLock<Location>,
-        audience: &str,
-    ) -> Result<Issued, Denial> {
-        let span = tracing::info_span!("token", pid = peer.pid);
-        self.issue_inner(peer, location, audience)
-            .instrument(span)
-            .await
-    }
-
-    /// Counts, audits and logs a refusal of the caller `pid` (running as `uid`).
-    pub(super) fn refuse(&self, pid: i32, uid: u32, audience: &str, d: Denial) -> Denial {
-        self.metrics.deny(d.code);
-        self.audit.record(AuditRecord {
-            pid,
-            uid,
-            audience: Some(audience),
-            outcome: "denied",
-            code: Some(d.code),
-            reason: Some(&d.message),
-            ..Default::default()
-        });
-        tracing::warn!(code = d.code, "{}", d.message);
-        d
-    }
-
-    async fn issue_inner(
-        self: &Arc<Self>,
-        peer: &PeerProcess,
-        location: &OnceLock<Location>,
-        audience: &str,
-    ) -> Result<Issued, Denial> {
-        let deny = |d: Denial| self.refuse(peer.pid, peer.uid, audience, d);
-        let loc = match location.get() {
-            Some(l) => l,
-            None => match locate(self.attestor.proc_root(), peer.pid) {
-                Ok(l) => location.get_or_init(|| l),
-                Err(e) => return Err(deny(Denial::from(&e))),
-            },
-        };
-        let workload = match self.attestor.attest_located(peer, loc).await {
-            Ok(w) => w,
-            Err(e) => return Err(deny(Denial::from(&e))),
-        };
+    pub async fn issue(self: &Arc<Self>, peer: &Peer, audience: &str) -> Result<Issued, Refusal> {
+        let (caller, workload) = self.attest(peer).await?;
         // A child span with all three fields at once: cheaper to format than
         // recording them one by one into the request's span.
         let span = tracing::info_span!(
@@ -82,35 +38,34 @@ impl App {
             pod = %workload.pod_name,
             container = %workload.container_name
         );
-        self.token_for(peer, &workload, audience)
+        self.token_for(caller, &workload, audience)
             .instrument(span)
             .await
+            .map_err(|r| r.for_workload(&workload))
+    }
+
+    /// The caller's workload: its process as taken at accept, its container
+    /// (located once per connection), the kubelet's pod, the PID-reuse guard.
+    async fn attest<'p>(&self, peer: &'p Peer) -> Result<(&'p PeerProcess, Workload), Refusal> {
+        let caller = peer.process().map_err(|u| Refusal::from(&u.error))?;
+        let located = peer
+            .locate(self.attestor.proc_root(), caller.pid)
+            .map_err(|e| Refusal::from(&e))?;
+        let workload = self
+            .attestor
+            .attest_located(caller, located)
+            .await
+            .map_err(|e| Refusal::from(&e))?;
+        Ok((caller, workload))
     }
 
     /// Cache → claims → signer for an attested workload.
     async fn token_for(
-        self: &Arc<Self>,
-        peer: &PeerProcess,
+        &self,
+        caller: &PeerProcess,
         workload: &Workload,
         audience: &str,
-    ) -> Result<Issued, Denial> {
-        let deny = |d: Denial| self.refuse(peer.pid, peer.uid, audience, d);
-        let record = |outcome: &'static str, t: &CachedToken| {
-            self.audit.record(AuditRecord {
-                pid: peer.pid,
-                uid: peer.uid,
-                namespace: Some(&workload.namespace),
-                pod: Some(&workload.pod_name),
-                container: Some(&workload.container_name),
-                audience: Some(audience),
-                jti: Some(&t.jti),
-                exp: Some(t.exp),
-                outcome,
-                ..Default::default()
-            });
-            self.metrics.tokens_issued.inc();
-        };
-
+    ) -> Result<Issued, Refusal> {
         let now = now_unix();
         let key = self.cache.enabled().then(|| CacheKey {
             pod_uid: workload.pod_uid.clone(),
@@ -119,77 +74,108 @@ impl App {
         });
         if let Some(t) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             self.metrics.cache_hits.inc();
-            record("cached", &t);
-            return Ok(Issued {
-                token: t.token,
-                exp: t.exp,
-            });
+            return Ok(self.hand_out("cached", caller, workload, audience, t));
         }
-
-        let claims = self.claims.build(workload, audience, now).map_err(|e| {
-            deny(match e {
-                ClaimsError::Random => Denial::new(500, "internal", e.to_string()),
-                _ => Denial::new(403, "claims_unavailable", e.to_string()),
-            })
-        })?;
-        // Bound the work waiting for the signer: past it, shed load with 503
-        // rather than queue without limit.
-        let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {
-            return Err(deny(Denial::unavailable(
-                "overloaded",
-                "too many requests are waiting for the signer; retry shortly".into(),
-            )));
-        };
-        // Serialised here, so only owned bytes cross to a blocking thread.
-        let input = match self.encoder().signing_input(&claims) {
-            Ok(i) => i,
-            Err(e) => return Err(deny(Denial::new(500, "internal", e.to_string()))),
-        };
-        let (jti, exp) = (claims.jti, claims.exp);
-        let signer = Arc::clone(&self.signer);
-        let sign = move || {
-            let _permit = permit;
-            let sig = signer.sign(input.as_bytes())?;
-            Ok::<_, crate::signer::SignerError>(TokenEncoder::finish(input, &sig))
-        };
-        // A software signature is ~20 µs of CPU, less than handing it to the
-        // blocking pool costs; the TPM waits on a device or socket for ~1 ms
-        // or more, so it never runs on the async workers.
-        let signed = match self.signer.backend() {
-            Backend::Software => Ok(sign()),
-            Backend::Tpm => tokio::task::spawn_blocking(sign).await,
-        };
-        let token = match signed {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                self.metrics.signer_errors.inc();
-                return Err(deny(Denial::unavailable(
-                    "signer_unavailable",
-                    format!("cannot sign the token: {e}"),
-                )));
-            }
-            Err(e) => {
-                self.metrics.signer_errors.inc();
-                return Err(deny(Denial::new(
-                    500,
-                    "internal",
-                    format!("signing task failed: {e}"),
-                )));
-            }
-        };
-        let cached = CachedToken {
-            token,
-            jti,
+        let claims = self
+            .claims
+            .build(workload, audience, now)
+            .map_err(|e| Refusal::from(&e))?;
+        let token = CachedToken {
+            token: self.sign(&claims).await?,
+            jti: claims.jti,
             iat: now,
-            exp,
+            exp: claims.exp,
         };
-        record("issued", &cached);
         if let Some(key) = key {
-            self.cache.insert(key, cached.clone(), now);
+            let source = self
+                .cfg
+                .cache
+                .refresh_ahead
+                .then(|| Arc::new(workload.clone()));
+            self.cache.insert(key, token.clone(), source, now);
         }
-        Ok(Issued {
-            token: cached.token,
-            exp,
-        })
+        Ok(self.hand_out("issued", caller, workload, audience, token))
+    }
+
+    /// Signs `claims` ahead of any refresh. Past `limits.signer_queue`
+    /// callers waiting: 503 `overloaded`, Retry-After the measured time the
+    /// queue ahead needs.
+    async fn sign(&self, claims: &Claims<'_>) -> Result<String, Refusal> {
+        let input = self
+            .encoder()
+            .signing_input(claims)
+            .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+        match self.signing.sign(input, Priority::Caller).await {
+            Ok((input, sig)) => {
+                self.signer_health.record(Ok(()));
+                Ok(TokenEncoder::finish(input, &sig))
+            }
+            Err(e @ QueueError::Full { retry_after_s, .. }) => Err(Refusal::new(
+                Code::Overloaded,
+                format!("{e}; ask again after Retry-After"),
+            )
+            .retry_after(Some(retry_after_s))),
+            Err(QueueError::Signer(e)) => {
+                self.signer_health.record(Err(&e));
+                self.metrics.signer_error(e.reason());
+                // Retry-After only where asking again can help (the TPM went
+                // away), not for a key that will never sign (a PCR mismatch).
+                Err(Refusal::new(
+                    Code::SignerUnavailable,
+                    format!("cannot sign the token: {e}"),
+                )
+                .retry_after(e.is_transient().then_some(1)))
+            }
+        }
+    }
+
+    /// The signer's readiness: the last signature's outcome when recent,
+    /// else that of a probe signature, queued behind callers (a full queue
+    /// means the signer is busy signing: ready).
+    pub async fn signer_ready(&self) -> Result<(), super::readiness::Failure> {
+        if let Some(outcome) = self.signer_health.fresh() {
+            return outcome;
+        }
+        match self
+            .signing
+            .sign("jss readiness probe".into(), Priority::Refresh)
+            .await
+        {
+            Ok(_) => self.signer_health.record(Ok(())),
+            Err(QueueError::Full { .. }) => return Ok(()),
+            Err(QueueError::Signer(e)) => {
+                self.metrics.signer_error(e.reason());
+                self.signer_health.record(Err(&e));
+            }
+        }
+        self.signer_health.fresh().unwrap_or(Ok(()))
+    }
+
+    /// Audits and counts a token handed to `caller` (`outcome`: issued or cached).
+    fn hand_out(
+        &self,
+        outcome: &'static str,
+        caller: &PeerProcess,
+        workload: &Workload,
+        audience: &str,
+        t: CachedToken,
+    ) -> Issued {
+        self.audit.record(AuditRecord {
+            pid: caller.pid,
+            uid: caller.uid,
+            namespace: Some(&workload.namespace),
+            pod: Some(&workload.pod_name),
+            container: Some(&workload.container_name),
+            audience: Some(audience),
+            jti: Some(&t.jti),
+            exp: Some(t.exp),
+            outcome,
+            ..Default::default()
+        });
+        self.metrics.tokens_issued.inc();
+        Issued {
+            token: t.token,
+            exp: t.exp,
+        }
     }
 }

@@ -1,36 +1,42 @@
 //! `jss serve`: the socket server.
 //!
 //! At accept the kernel tells us who is calling (SO_PEERCRED) and hands us a
-//! pidfd for that process (SO_PEERPIDFD); each request then runs attest →
-//! kubelet → claims → cache → signer (see `issue`). TPM signatures run on
-//! blocking threads behind a bounded queue, never on the async runtime.
+//! pidfd for that process (SO_PEERPIDFD); each token request then runs
+//! attest → kubelet → cache → claims → signer (see `issue`): a cached token
+//! for the same pod, container and audience is handed out before any claims
+//! are built. TPM signatures run on blocking threads behind a bounded queue,
+//! never on the async runtime. Every refusal is answered, counted and
+//! audited in one place (see `refusal`).
 
 mod audit;
 pub mod http;
 mod issue;
 mod listener;
 mod metrics;
+pub mod readiness;
+pub mod refresh;
+mod refusal;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 
-use crate::attest::{AttestError, Attestor, DenyClass, Location, PeerProcess};
+use crate::attest::{Attestor, Peer};
 use crate::cache::TokenCache;
 use crate::chain::{Chain, ChainError};
 use crate::claims::{ClaimsBuilder, ClaimsError, NodeFacts, read_machine_id};
 use crate::config::Config;
 use crate::kubelet::PodSource;
-use crate::signer::{KeyPolicy, Signer, SignerError};
+use crate::signer::{KeyPolicy, SignQueue, Signer, SignerError};
 use crate::token::{TokenEncoder, TokenError};
 
 pub use audit::AuditRecord;
 pub use metrics::Metrics;
+pub use refusal::{Code, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -57,29 +63,6 @@ pub enum ServerError {
     SignerTask(#[from] tokio::task::JoinError),
 }
 
-/// A refused request: HTTP status, machine code and a message for the operator.
-#[derive(Debug, Clone)]
-pub struct Denial {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
-    pub retry_after: Option<u32>,
-}
-
-impl Denial {
-    pub fn new(status: u16, code: &'static str, message: String) -> Self {
-        Self {
-            status,
-            code,
-            message,
-            retry_after: (status == 503).then_some(1),
-        }
-    }
-    pub fn unavailable(code: &'static str, message: String) -> Self {
-        Self::new(503, code, message)
-    }
-}
-
 /// What depends on the chain: swapped as a whole on SIGHUP.
 pub struct Keys {
     pub encoder: Arc<TokenEncoder>,
@@ -97,7 +80,8 @@ pub struct App {
     pub metrics: Metrics,
     audit: audit::Audit,
     keys: RwLock<Arc<Keys>>,
-    sign_queue: Arc<Semaphore>,
+    signing: SignQueue,
+    signer_health: readiness::SignerHealth,
 }
 
 impl App {
@@ -120,6 +104,11 @@ impl App {
                 path: cfg.audit_log.clone().unwrap_or_default(),
                 source,
             })?;
+        let signing = SignQueue::new(
+            Arc::clone(&signer),
+            cfg.limits.signer_queue,
+            cfg.cache.refresh_max,
+        );
         Ok(Self {
             attestor: Attestor::new(cfg.proc_root.clone(), Arc::clone(&pods)),
             claims: ClaimsBuilder::new(facts, cfg.sub_template.clone(), cfg.token_ttl_seconds),
@@ -128,10 +117,11 @@ impl App {
             } else {
                 0
             }),
-            metrics: Metrics::new(pods, crate::attest::guard_supported()),
+            metrics: Metrics::new(pods, crate::attest::guard_supported(), signing.stats()),
             audit,
             keys: RwLock::new(Arc::new(keys)),
-            sign_queue: Arc::new(Semaphore::new(cfg.limits.signer_queue)),
+            signing,
+            signer_health: readiness::SignerHealth::default(),
             signer,
             cfg,
         })
@@ -217,6 +207,8 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             "this kernel has no SO_PEERPIDFD (Linux < 6.5): the PID-reuse guard falls back to comparing process start times, which leaves a short race at accept"
         );
     }
+    let refresher = (app.cache.enabled() && app.cfg.cache.refresh_ahead)
+        .then(|| tokio::spawn(refresh::run(Arc::clone(&app))));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         let permit = tokio::select! {
@@ -243,20 +235,8 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        let peer = Arc::new(Peer {
-            process: peer_of(&app, &stream),
-            location: OnceLock::new(),
-        });
-        let app2 = Arc::clone(&app);
-        let svc = hyper::service::service_fn(move |req| {
-            http::handle(Arc::clone(&app2), Arc::clone(&peer), req)
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(app.cfg.limits.header_timeout_ms))
-            .max_buf_size(16 * 1024)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let peer = Peer::of_socket(&app.cfg.proc_root, &stream);
+        let conn = graceful.watch(connection(Arc::clone(&app), peer, stream));
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = conn.await {
@@ -265,6 +245,9 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
         });
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if let Some(r) = refresher {
+        r.abort();
+    }
     drop(listener);
     if !app.cfg.socket.as_os_str().is_empty() && !activated {
         let _ = std::fs::remove_file(&app.cfg.socket);
@@ -280,41 +263,30 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// The process at the other end of a connection: the kernel's view recorded
-/// at accept (PID-reuse guard), and its container once located.
-pub struct Peer {
-    pub process: Result<PeerProcess, Refused>,
-    pub location: OnceLock<Location>,
+/// The daemon's HTTP/1.1 settings for one connection: headers within
+/// `limits.header_timeout_ms`, at most 16 KiB buffered.
+pub fn http1(limits: &crate::config::Limits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+        .max_buf_size(16 * 1024);
+    b
 }
 
-/// A caller refused at accept, with what the kernel said of it for the audit log.
-#[derive(Debug, Clone)]
-pub struct Refused {
-    pub denial: Denial,
-    pub pid: i32,
-    pub uid: u32,
-}
-
-/// The kernel's view of the caller, taken at accept (PID-reuse guard).
-fn peer_of(app: &App, stream: &UnixStream) -> Result<PeerProcess, Refused> {
-    PeerProcess::of_socket(&app.cfg.proc_root, stream).map_err(|e| {
-        let cred = stream.peer_cred().ok();
-        Refused {
-            denial: Denial::from(&e),
-            pid: cred.and_then(|c| c.pid()).unwrap_or(0),
-            uid: cred.map_or(0, |c| c.uid()),
-        }
-    })
-}
-
-impl From<&AttestError> for Denial {
-    fn from(e: &AttestError) -> Self {
-        let status = match e.class() {
-            DenyClass::Forbidden => 403,
-            DenyClass::Unauthorized => 401,
-            DenyClass::Unavailable => 503,
-            DenyClass::Internal => 500,
-        };
-        Denial::new(status, e.code(), e.to_string())
-    }
+/// Serves one accepted connection from `peer` until it closes (or is shut
+/// down gracefully), every request through [`http::handle`].
+pub fn connection<I>(
+    app: Arc<App>,
+    peer: Peer,
+    io: I,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Arc::new(peer);
+    let builder = http1(&app.cfg.limits);
+    let svc = hyper::service::service_fn(move |req| {
+        http::handle(Arc::clone(&app), Arc::clone(&peer), req)
+    });
+    builder.serve_connection(TokioIo::new(io), svc)
 }

@@ -3,11 +3,12 @@
 //! Two backends share one contract: [`TpmSigner`] keeps the key inside the TPM
 //! (only a TPM-wrapped blob lives on disk); [`SoftwareSigner`] keeps a PKCS#8
 //! key in the state directory for nodes without a TPM. Both return raw ES256
-//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers run it on a
-//! blocking thread.
+//! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers go through
+//! [`SignQueue`], which runs it where the backend needs, callers first.
 
 mod jwk;
 mod pcr;
+mod queue;
 mod software;
 mod tpm;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
 pub use pcr::{PCR_BANK, PcrSelection};
+pub use queue::{Priority, QueueError, QueueStats, SignQueue};
 pub use software::SoftwareSigner;
 pub use tpm::{TpmSigner, describe_blob, tpm_reachable};
 
