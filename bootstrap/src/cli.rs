@@ -13,6 +13,7 @@ use crate::csr::{self, NodeIdentity};
 use crate::lock::LockSpec;
 use crate::node::{self, SignSpec};
 use crate::policy::Paths;
+use crate::prune::{self, PruneSpec};
 use crate::register::Target;
 use crate::vault::{Secret, Vault, VaultError, VaultSettings};
 
@@ -50,6 +51,8 @@ pub enum DiscoveryCmd {
 pub enum ClusterCmd {
     /// Set up Vault for a cluster: PKI root, JWT auth mount, role, policies. Idempotent.
     Init(Box<ClusterInitArgs>),
+    /// Delete the identity entities of workloads idle for longer than --older-than.
+    Prune(ClusterPruneArgs),
     /// Show the key mode, the registered nodes, their kids and expiring certificates.
     Status(ClusterViewArgs),
     /// Print the cluster's JWKS (the document `discovery serve` serves).
@@ -313,6 +316,24 @@ pub struct ClusterInitArgs {
     pub tsi_compat: bool,
 }
 
+#[derive(Args, Clone, Debug)]
+pub struct ClusterPruneArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Prune entities whose last login is older than this (e.g. 7d, 36h);
+    /// must exceed every role's token max TTL.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub older_than: std::time::Duration,
+    /// Report what would be pruned; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Vault calls per second for the per-entity reads and deletions.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+}
+
 /// Who the node is and where it registers.
 #[derive(Args, Clone, Debug)]
 pub struct NodeIdArgs {
@@ -487,6 +508,18 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
                 let _ = writeln!(out, "{s}");
             }
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Prune(a)) => {
+            a.cluster.check()?;
+            let v = a.vault.connect(a.cluster.paths().prune()).await?;
+            let spec = PruneSpec {
+                mount: a.cluster.mount(),
+                older_than: a.older_than,
+                dry_run: a.dry_run,
+                rate: a.rate,
+            };
+            prune::prune(&v, &spec, out).await?;
             Ok(())
         }
         Cmd::Cluster(ClusterCmd::Status(a)) => {

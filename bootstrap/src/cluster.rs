@@ -15,8 +15,8 @@ use crate::cli::KeysMode;
 use crate::migrate::{self, MigrateError};
 use crate::policy::{self, TI_DEMO_ALL, TI_DEMO_RI, TSI_CONSTRAINTS};
 use crate::register::{self, RegisterError, Target};
-use crate::vault::{Vault, VaultError, absent_as_none};
-use crate::{pki, policy::MAPPED_CLAIMS};
+use crate::vault::{Vault, VaultError, absent_as_none, strings};
+use crate::{pki, policy::mapped_claims};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -369,8 +369,7 @@ async fn write_role(
     policies: &[String],
     role_path: &str,
 ) -> Result<(), VaultError> {
-    let claim_mappings: HashMap<String, String> = MAPPED_CLAIMS
-        .iter()
+    let claim_mappings: HashMap<String, String> = mapped_claims()
         .map(|c| (c.to_string(), c.to_string()))
         .collect();
     let bound_claims = HashMap::from([
@@ -400,21 +399,11 @@ async fn write_role(
 
 /// Whether the role read from Vault already is what `write_role` writes.
 fn role_matches(cur: &Value, spec: &ClusterSpec, policies: &[String]) -> bool {
-    let mappings: serde_json::Map<String, Value> = MAPPED_CLAIMS
-        .iter()
-        .map(|c| (c.to_string(), json!(c)))
-        .collect();
+    let mappings: serde_json::Map<String, Value> =
+        mapped_claims().map(|c| (c.to_string(), json!(c))).collect();
     let ttl = parse_ttl(&spec.token_ttl);
     let sorted = |v: Option<&Value>| {
-        let mut a: Vec<String> = v
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut a = strings(v);
         a.sort();
         a
     };

@@ -17,6 +17,7 @@ mod migrate;
 mod node;
 mod pki;
 mod policy;
+mod prune;
 mod register;
 mod registry;
 mod vault;
@@ -33,6 +34,8 @@ pub enum Error {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Node(#[from] node::NodeError),
+    #[error(transparent)]
+    Prune(#[from] prune::PruneError),
     #[error(transparent)]
     Csr(#[from] csr::CsrError),
     #[error(transparent)]

@@ -5,8 +5,20 @@
 use jss::workload::secrets::paths::Constraints;
 
 /// The claims every role maps into entity-alias metadata: anything a
-/// policy may template on (docs/design.md, "Token format"), as the daemon names them.
-pub const MAPPED_CLAIMS: &[&str] = jss::claims::WORKLOAD_CLAIMS;
+/// policy may template on (docs/design.md, "Token format"), as the daemon
+/// names them, and [`LAST_USE_CLAIM`].
+pub fn mapped_claims() -> impl Iterator<Item = &'static str> {
+    jss::claims::WORKLOAD_CLAIMS
+        .iter()
+        .copied()
+        .chain([LAST_USE_CLAIM])
+}
+
+/// Mapped so that every login changes the alias metadata: Vault then
+/// rewrites the alias, and its `last_update_time` is the last login, the
+/// evidence `cluster prune` decides on. Never a policy template: it names
+/// one token (README, "Vault identity entities").
+pub const LAST_USE_CLAIM: &str = "jti";
 
 /// Names of the templated policies, as in TSI.
 pub const TI_DEMO_ALL: &str = "ti-demo-all";
@@ -174,6 +186,14 @@ impl Paths {
             self.mount,
             self.pki_mount,
             self.discovery()
+        )
+    }
+
+    /// `cluster prune`.
+    pub fn prune(&self) -> String {
+        format!(
+            "path \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"auth/{m}/role\" {{\n  capabilities = [\"list\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"read\"]\n}}\npath \"identity/entity/id\" {{\n  capabilities = [\"list\"]\n}}\npath \"identity/entity/id/*\" {{\n  capabilities = [\"read\", \"delete\"]\n}}\n",
+            m = self.mount
         )
     }
 

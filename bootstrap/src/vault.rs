@@ -75,6 +75,18 @@ pub fn absent_as_none<T>(r: Result<T, VaultError>) -> Result<Option<T>, VaultErr
     }
 }
 
+/// The strings of a JSON array (Vault's lists of names); others skipped.
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A secret string whose Debug never shows it.
 #[derive(Clone, Default)]
 pub struct Secret(String);

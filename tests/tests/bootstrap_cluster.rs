@@ -59,6 +59,7 @@ fn cluster_init_creates_then_finds_everything() {
         "pod",
         "machineid",
         "node",
+        "jti",
     ] {
         assert_eq!(d["claim_mappings"][claim], claim, "{claim} not mapped");
     }

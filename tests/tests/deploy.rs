@@ -22,7 +22,13 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.34.0", "1.37.0"];
 const MAX_EXPOSURE: f64 = 2.0;
 
 /// The kustomizations and what each must render.
-const KUSTOMIZATIONS: &[&str] = &["base", "privileged", "legacy-nodes-proxy", "example-app"];
+const KUSTOMIZATIONS: &[&str] = &[
+    "base",
+    "privileged",
+    "legacy-nodes-proxy",
+    "example-app",
+    "prune",
+];
 
 /// JSON patches of the overlays: not manifests on their own.
 const PATCHES: &[&str] = &[
@@ -134,7 +140,13 @@ fn built_binaries() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-const UNITS: &[&str] = &["jss.service", "jss.socket", "jss-bootstrap.service"];
+const UNITS: &[&str] = &[
+    "jss.service",
+    "jss.socket",
+    "jss-bootstrap.service",
+    "jss-prune.service",
+    "jss-prune.timer",
+];
 
 /// A throw-away root for `systemd-analyze --root`.
 ///

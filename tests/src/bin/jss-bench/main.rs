@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector|entities] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -18,9 +18,12 @@
 //! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
 //!   written), the sidecar's RSS and CPU per refresh and while idle.
 //! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
+//! - entities (not part of `all`): the cost of the mapped `jti` per login;
+//!   entity count and OpenBao RSS after 1,000 rollouts, pruned and not.
 
 mod attest;
 mod e2e;
+mod entities;
 mod http;
 mod injector;
 mod openbao;
@@ -244,6 +247,9 @@ fn run() -> anyhow::Result<()> {
         }
         if matches!(what, "injector" | "all") {
             figures.extend(injector::run(seconds));
+        }
+        if what == "entities" {
+            figures.extend(entities::run()?);
         }
         passes.push(figures);
     }
