@@ -17,5 +17,6 @@ pub mod inspect;
 pub mod kubelet;
 pub mod server;
 pub mod signer;
+pub mod spiffe;
 pub mod state;
 pub mod token;
