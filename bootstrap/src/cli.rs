@@ -260,6 +260,10 @@ pub struct ClusterInitArgs {
     /// TTL of the root CA, if one is created (also the PKI mount's max TTL).
     #[arg(long, default_value = "87600h")]
     pub root_ttl: String,
+    /// Also TSI's constraint roles tsi-role-r|ri|rcn|rcni with policies
+    /// tsi-r|ri|rcn|rcni on secret/tsi-<kind>/<claims>/* (`tsi.secret/constraints`).
+    #[arg(long)]
+    pub tsi_compat: bool,
 }
 
 /// Who the node is and where it registers.
@@ -410,6 +414,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 token_ttl: a.token_ttl.clone(),
                 root_cn: a.root_cn.clone(),
                 root_ttl: a.root_ttl.clone(),
+                tsi_compat: a.tsi_compat,
             };
             for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
                 let _ = writeln!(out, "{s}");

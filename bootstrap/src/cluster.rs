@@ -11,7 +11,7 @@ use vaultrs::api::auth::oidc::requests::SetRoleRequest;
 use vaultrs::api::sys::requests::{EnableEngineDataConfig, EnableEngineRequest};
 use vaultrs::sys;
 
-use crate::policy::{self, TI_DEMO_ALL, TI_DEMO_RI};
+use crate::policy::{self, TI_DEMO_ALL, TI_DEMO_RI, TSI_CONSTRAINTS};
 use crate::register::{self, RegisterError, Target};
 use crate::vault::{Vault, VaultError, absent_as_none};
 use crate::{pki, policy::MAPPED_CLAIMS};
@@ -45,6 +45,8 @@ pub struct ClusterSpec {
     pub token_ttl: String,
     pub root_cn: String,
     pub root_ttl: String,
+    /// Also TSI's constraint roles `tsi-role-<kind>` and policies `tsi-<kind>`.
+    pub tsi_compat: bool,
 }
 
 /// One line of the report: what, and whether it was created or found.
@@ -159,33 +161,20 @@ pub async fn init(
         format!("ES256, bound_issuer {}", spec.issuer),
     ));
 
-    // Role, always in full: a partial write would reset omitted fields.
-    let role_path = format!("auth/{}/role/{}", spec.mount, spec.role);
-    let current = absent_as_none(
-        v.raw(&format!("read {role_path}"), Method::GET, &role_path, None)
-            .await,
-    )?
-    .flatten()
-    .and_then(|mut b| b.get_mut("data").map(Value::take));
-    let outcome = match &current {
-        Some(cur) if role_matches(cur, spec) => "found",
-        Some(_) => "updated",
-        None => "created",
-    };
-    if outcome != "found" {
-        write_role(v, spec, &role_path).await?;
+    let main = [TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()];
+    steps.push(ensure_role(v, spec, &spec.role, &main).await?);
+    let mut policies = main.to_vec();
+    if spec.tsi_compat {
+        for c in TSI_CONSTRAINTS {
+            let p = policy::tsi_policy(c);
+            steps.push(ensure_role(v, spec, c.role(), std::slice::from_ref(&p)).await?);
+            policies.push(p);
+        }
     }
-    steps.push(step(
-        role_path.clone(),
-        outcome,
-        format!(
-            "jwt, user_claim sub, aud {}, pinned to cluster-name={} cluster-region={}, token_ttl {}",
-            spec.audience, spec.cluster, spec.region, spec.token_ttl
-        ),
-    ));
 
     // Templated policies, one block per cluster mount accessor.
-    for name in [TI_DEMO_ALL, TI_DEMO_RI] {
+    for name in &policies {
+        let name = name.as_str();
         let path = format!("sys/policy/{name}");
         let current = absent_as_none(
             v.call("read a policy", &path, || {
@@ -218,6 +207,43 @@ pub async fn init(
         ));
     }
     Ok(steps)
+}
+
+/// The role `role` with `policies`, written in full unless Vault already
+/// holds exactly that (a partial write would reset omitted fields).
+async fn ensure_role(
+    v: &Vault,
+    spec: &ClusterSpec,
+    role: &str,
+    policies: &[String],
+) -> Result<Step, ClusterError> {
+    let role_path = format!("auth/{}/role/{role}", spec.mount);
+    let current = absent_as_none(
+        v.raw(&format!("read {role_path}"), Method::GET, &role_path, None)
+            .await,
+    )?
+    .flatten()
+    .and_then(|mut b| b.get_mut("data").map(Value::take));
+    let outcome = match &current {
+        Some(cur) if role_matches(cur, spec, policies) => "found",
+        Some(_) => "updated",
+        None => "created",
+    };
+    if outcome != "found" {
+        write_role(v, spec, role, policies, &role_path).await?;
+    }
+    Ok(step(
+        role_path,
+        outcome,
+        format!(
+            "jwt, user_claim sub, aud {}, pinned to cluster-name={} cluster-region={}, token_ttl {}, policies {}",
+            spec.audience,
+            spec.cluster,
+            spec.region,
+            spec.token_ttl,
+            policies.join(",")
+        ),
+    ))
 }
 
 async fn enable_engine(
@@ -286,7 +312,13 @@ async fn ensure_auth_mount(
 /// Vault's 60 s default would double their useful life.
 const LEEWAY_SECONDS: u64 = 10;
 
-async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<(), VaultError> {
+async fn write_role(
+    v: &Vault,
+    spec: &ClusterSpec,
+    role: &str,
+    policies: &[String],
+    role_path: &str,
+) -> Result<(), VaultError> {
     let claim_mappings: HashMap<String, String> = MAPPED_CLAIMS
         .iter()
         .map(|c| (c.to_string(), c.to_string()))
@@ -309,22 +341,15 @@ async fn write_role(v: &Vault, spec: &ClusterSpec, role_path: &str) -> Result<()
             .clock_skew_leeway(LEEWAY_SECONDS.to_string())
             .expiration_leeway(LEEWAY_SECONDS.to_string())
             .not_before_leeway(LEEWAY_SECONDS.to_string())
-            .token_policies(vec![TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()]);
-        vaultrs::auth::oidc::role::set(
-            v.client(),
-            &spec.mount,
-            &spec.role,
-            "sub",
-            vec![],
-            Some(&mut b),
-        )
-        .await
+            .token_policies(policies.to_vec());
+        vaultrs::auth::oidc::role::set(v.client(), &spec.mount, role, "sub", vec![], Some(&mut b))
+            .await
     })
     .await
 }
 
 /// Whether the role read from Vault already is what `write_role` writes.
-fn role_matches(cur: &Value, spec: &ClusterSpec) -> bool {
+fn role_matches(cur: &Value, spec: &ClusterSpec, policies: &[String]) -> bool {
     let mappings: serde_json::Map<String, Value> = MAPPED_CLAIMS
         .iter()
         .map(|c| (c.to_string(), json!(c)))
@@ -360,8 +385,11 @@ fn role_matches(cur: &Value, spec: &ClusterSpec) -> bool {
         ]
         .iter()
         .all(|k| cur.get(*k).and_then(Value::as_u64) == Some(LEEWAY_SECONDS))
-        && sorted(cur.get("token_policies"))
-            == vec![TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()]
+        && sorted(cur.get("token_policies")) == {
+            let mut p = policies.to_vec();
+            p.sort();
+            p
+        }
 }
 
 /// `90`, `90s`, `5m`, `2h` as seconds (the forms Vault reports back as numbers).

@@ -2,6 +2,8 @@
 //! original TSI policy types), and the minimal policy each command needs,
 //! printed when Vault answers 403.
 
+use jss::workload::secrets::paths::Constraints;
+
 /// The claims every role maps into entity-alias metadata: anything a
 /// policy may template on (docs/design.md, "Token format"), as the daemon names them.
 pub const MAPPED_CLAIMS: &[&str] = jss::claims::WORKLOAD_CLAIMS;
@@ -9,6 +11,21 @@ pub const MAPPED_CLAIMS: &[&str] = jss::claims::WORKLOAD_CLAIMS;
 /// Names of the templated policies, as in TSI.
 pub const TI_DEMO_ALL: &str = "ti-demo-all";
 pub const TI_DEMO_RI: &str = "ti-demo-ri";
+
+/// TSI's later `tsi.secret/constraints` kinds (`cluster init --tsi-compat`):
+/// role `tsi-role-<kind>` with policy `tsi-<kind>` on
+/// `secret/tsi-<kind>/<claims>/*`, as `jss secrets` reads them.
+pub const TSI_CONSTRAINTS: [Constraints; 4] = [
+    Constraints::R,
+    Constraints::Ri,
+    Constraints::Rcn,
+    Constraints::Rcni,
+];
+
+/// The policy name for a constraints kind: `tsi-<kind>`.
+pub fn tsi_policy(c: Constraints) -> String {
+    format!("tsi-{}", c.kind())
+}
 
 fn meta(accessor: &str, claim: &str) -> String {
     format!("{{{{identity.entity.aliases.{accessor}.metadata.{claim}}}}}")
@@ -18,15 +35,22 @@ fn meta(accessor: &str, claim: &str) -> String {
 /// several clusters (several mount accessors) can share one policy.
 pub fn block(policy: &str, kv_mount: &str, accessor: &str) -> String {
     let m = |c| meta(accessor, c);
-    let path = match policy {
-        TI_DEMO_ALL => format!(
+    let tsi = TSI_CONSTRAINTS
+        .into_iter()
+        .find(|c| tsi_policy(*c) == policy);
+    let path = match (tsi, policy) {
+        (Some(c), _) => {
+            let claims: Vec<String> = c.claims().iter().map(|c| m(c)).collect();
+            format!("{kv_mount}/data/{policy}/{}/*", claims.join("/"))
+        }
+        (None, TI_DEMO_ALL) => format!(
             "{kv_mount}/data/ti-demo-all/{}/{}/{}/{}/*",
             m("cluster-region"),
             m("cluster-name"),
             m("namespace"),
             m("images")
         ),
-        _ => format!(
+        (None, _) => format!(
             "{kv_mount}/data/ti-demo-ri/{}/{}/*",
             m("cluster-region"),
             m("images")
@@ -121,7 +145,7 @@ impl Paths {
     /// `cluster init`.
     pub fn cluster_init(&self) -> String {
         format!(
-            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}",
+            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/tsi-*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}",
             self.config(),
             self.lock(),
             pki = self.pki_mount,
@@ -149,6 +173,22 @@ mod tests {
         // Merging is stable: a second merge of the same block changes nothing.
         assert_eq!(merge(&again, TI_DEMO_ALL, "secret", "auth_jwt_a"), again);
         assert_eq!(merge(&a, TI_DEMO_ALL, "secret", "auth_jwt_a"), a);
+    }
+
+    #[test]
+    fn tsi_constraint_policies_template_their_claims_in_order() {
+        let b = block("tsi-rcn", "secret", "acc");
+        let m = |c| meta("acc", c);
+        assert!(
+            b.contains(&format!(
+                "secret/data/tsi-rcn/{}/{}/{}/*",
+                m("cluster-region"),
+                m("cluster-name"),
+                m("namespace")
+            )),
+            "{b}"
+        );
+        assert!(!block("tsi-r", "secret", "acc").contains("images"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! lifetime left is handed out again as is. `token` encodes the JWS, `chain`
 //! holds the node certificate chain and `state` owns the node's files; every
 //! refusal goes through `server`'s one contract (codes, statuses, audit).
+//! `workload` is the pod side: token files for agents and TSI's secret
+//! sidecar (`jss token --out`, `jss secrets`).
 
 pub mod attest;
 pub mod cache;
@@ -20,3 +22,4 @@ pub mod signer;
 pub mod spiffe;
 pub mod state;
 pub mod token;
+pub mod workload;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-const DEFAULT_SOCKET: &str = "/run/jss/jss.sock";
+use jss::client::DEFAULT_SOCKET;
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +27,8 @@ enum Cmd {
         #[arg(long, default_value = "/etc/jss/config.toml")]
         config: PathBuf,
     },
-    /// Ask the local JSS for a token for this process and print it.
+    /// Ask the local JSS for a token for this process and print it, or
+    /// keep it in a file (`--out`, `--refresh`) for an agent to read.
     Token {
         #[arg(long, env = "JSS_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -39,11 +40,27 @@ enum Cmd {
         decode: bool,
         #[arg(long, default_value = "40")]
         timeout_seconds: u64,
+        /// Write the token to this file (atomically) instead of printing it.
+        #[arg(long, conflicts_with = "decode")]
+        out: Option<PathBuf>,
+        /// Keep running and rewrite the file before each token's half-life.
+        #[arg(long, requires = "out")]
+        refresh: bool,
+        /// Mode of the token file (octal).
+        #[arg(long, default_value = "0644", value_parser = jss::workload::secrets::parse_mode)]
+        mode: u32,
     },
-    /// Exit 0 if the daemon answers /healthz (for probes).
+    /// Write the secrets a `tsi.secrets` annotation names into files and keep
+    /// them fresh (TSI's sidecar), or `exec` a command with secrets in its environment.
+    Secrets(Box<jss::workload::secrets::SecretsArgs>),
+    /// Exit 0 if the daemon answers /healthz: it serves its socket
+    /// (liveness). With --ready, exit 0 only if it can also sign (/readyz,
+    /// readiness): a key whose PCR policy no longer matches is live, not ready.
     Health {
         #[arg(long, env = "JSS_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        ready: bool,
     },
     /// Print the `images` claim (and `images-names`) for a pod's image list,
     /// as a secret maker needs it: containers in spec order, then init containers.
@@ -108,8 +125,40 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Token {
             socket,
             audience,
+            timeout_seconds,
+            out: Some(out),
+            refresh,
+            mode,
+            ..
+        } => {
+            use jss::workload::{shutdown::Shutdown, token_file};
+            let cfg = token_file::TokenFileConfig {
+                socket,
+                audience,
+                out,
+                mode,
+                timeout: Duration::from_secs(timeout_seconds),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async {
+                if refresh {
+                    token_file::refresh(&cfg, Shutdown::install()?).await
+                } else {
+                    token_file::write_once(&cfg).await
+                }
+            })?;
+            Ok(())
+        }
+        Cmd::Token {
+            socket,
+            audience,
             decode,
             timeout_seconds,
+            out: None,
+            ..
         } => {
             let resp = runtime()?.block_on(jss::client::fetch_token(
                 &socket,
@@ -125,10 +174,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Health { socket } => {
+        Cmd::Secrets(args) => Ok(jss::workload::secrets::run(*args)?),
+        Cmd::Health { socket, ready } => {
             runtime()?.block_on(jss::client::get(
                 &socket,
-                "/healthz",
+                if ready { "/readyz" } else { "/healthz" },
                 Duration::from_secs(5),
             ))?;
             Ok(())

@@ -125,6 +125,11 @@ impl Bao {
             .unwrap_or_else(|| panic!("the OpenBao server was stopped"))
     }
 
+    /// The `bao` binary this server runs (also the agent: `bao agent`).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -6,6 +6,7 @@
 
 pub mod bao;
 pub mod ca;
+pub mod cluster;
 pub mod daemon;
 pub mod kubelet;
 pub mod net;
@@ -13,3 +14,4 @@ pub mod node;
 pub mod pods;
 pub mod swtpm;
 pub mod tpm_proxy;
+pub mod watch;

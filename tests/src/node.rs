@@ -47,6 +47,13 @@ impl Node {
     /// `extra` is TOML inserted at top level before the `[signer]` table
     /// (top-level keys first, then any tables such as `[cache]`).
     pub fn new(kind: SignerKind, extra: &str) -> Self {
+        // Unbound: TPM figures and tests compare like with like; the
+        // PCR-bound path has its own tests (signer_contract, pcr_policy).
+        Self::with_pcrs(kind, jss::signer::PcrSelection::none(), extra)
+    }
+
+    /// As [`Node::new`], the node key bound to `pcrs` (a TPM key).
+    pub fn with_pcrs(kind: SignerKind, pcrs: jss::signer::PcrSelection, extra: &str) -> Self {
         let tpm = (kind == SignerKind::Tpm).then(Swtpm::start);
         let tcti = tpm.as_ref().map(Swtpm::tcti).unwrap_or_default();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -56,9 +63,7 @@ impl Node {
                 kind,
                 tcti: tcti.clone(),
                 state_dir: state.clone(),
-                // Unbound: TPM figures and tests compare like with like; the
-                // PCR-bound path has its own tests (signer_contract, pcr).
-                pcrs: Some(jss::signer::PcrSelection::none()),
+                pcrs: Some(pcrs),
             },
             KeyPolicy::CreateIfMissing,
         )

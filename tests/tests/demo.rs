@@ -3,8 +3,10 @@
 //! policies, `jss serve` behind a kubelet stand-in, and pods that are real
 //! processes in kubepods cgroups. Also what must be refused: expired,
 //! tampered, foreign-key and deregistered-node tokens; and the x5c chain
-//! checked with OpenSSL's path validator. Finally `swtpm-ci/demo` itself,
-//! run to completion and interrupted, must leave nothing behind.
+//! checked with OpenSSL's path validator. Finally `swtpm-ci/demo` itself
+//! (its demo pod gets its secrets with `jss secrets --once`, and an OpenBao
+//! Agent renders one from a `jss token --out --refresh` file), run to
+//! completion and interrupted, must leave nothing behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,10 +23,11 @@ use jss::signer::{self, KeyPolicy, SignerConfig, SignerKind};
 use jss::token::TokenEncoder;
 use jss_tests::bao::Bao;
 use jss_tests::ca::TestCa;
+use jss_tests::cluster::{bootstrap, layout};
 use jss_tests::daemon::{Daemon, bin};
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
 use jss_tests::node::run_in;
-use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
+use jss_tests::pods::{PodProcess, random_container_id, random_pod_uid};
 use jss_tests::swtpm::Swtpm;
 use serde_json::{Value, json};
 
@@ -45,43 +48,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The cgroup layout of this host: v2 (`unified` on hybrid hosts) if there is
-/// one, else v1. A host with neither fails in `PodProcess::spawn`.
-fn layout() -> Layout {
-    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
-        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-    {
-        Layout::V2Systemd(Qos::BestEffort)
-    } else {
-        Layout::V1Cgroupfs(Qos::BestEffort)
-    }
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Runs `jss-bootstrap ARGS` against `bao` with its root token.
-fn bootstrap(bao: &Bao, args: &[&str]) -> String {
-    let out = Command::new(bin("jss-bootstrap"))
-        .args(args)
-        .env("VAULT_ADDR", bao.addr())
-        .env("VAULT_TOKEN", jss_tests::bao::ROOT_TOKEN)
-        .env("TSS2_LOG", "all+none")
-        .env_remove("BAO_ADDR")
-        .env_remove("BAO_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "jss-bootstrap {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn token_from(o: &Output) -> String {
@@ -673,7 +644,10 @@ fn demo_script_passes_and_cleans_up() {
         "[pod] refused secret/ti-demo-ri/",
         "✔ refused by JSS itself: not in a pod",
         "✔ x5c[0] (the node CA, key in the TPM) chains to pki/ root",
-        "✔ 3 decisions, 3 lines",
+        "[pod] wrote secrets/mysecrets/myubuntu-mysecret1/mysecret1",
+        "✔ 4 decisions, 4 lines",
+        "✔ OpenBao Agent rendered mysecret1 = all-",
+        "✔ jss token --refresh stopped by SIGTERM, exit 0",
         "\"alg\": \"ES256\"",
         "namespace        trusted-identity",
     ] {
@@ -681,7 +655,9 @@ fn demo_script_passes_and_cleans_up() {
     }
     assert!(!out.contains('✘'), "{out}");
     let s = started(&out);
-    assert!(s.pids.len() >= 6 && s.cgroups.len() == 2, "{s:?}\n{out}");
+    // The demo pod's container cgroup is named twice: its secrets, then
+    // the token file for the agent.
+    assert!(s.pids.len() >= 8 && s.cgroups.len() == 3, "{s:?}\n{out}");
     assert_clean(&s, &out);
 }
 

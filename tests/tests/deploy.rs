@@ -886,8 +886,12 @@ fn privileged_overlay_swaps_the_device_plugin_for_the_host_device() {
     }
 }
 
+/// The example app (issue 14): `jss secrets --once` as an init container,
+/// `jss secrets` as a native sidecar, the `tsi.secrets` annotation projected
+/// by the downward API, secrets in a memory-backed emptyDir the app mounts
+/// read-only.
 #[test]
-fn example_app_fetches_secrets_into_memory() {
+fn example_app_gets_tsi_secrets_from_an_init_container_and_a_native_sidecar() {
     let docs = yaml_docs(&render("example-app"));
     let pod = find(&docs, "Pod", "example-app");
     let spec = &pod["spec"];
@@ -896,28 +900,78 @@ fn example_app_fetches_secrets_into_memory() {
     assert_eq!(volume("secrets")["emptyDir"]["medium"], "Memory");
     assert_eq!(volume("jss-socket")["hostPath"]["path"], "/run/jss");
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
-    let inits = spec["initContainers"].as_array().unwrap();
-    let script = |c: &Value| strings(&c["command"]).join(" ");
-    assert!(script(&inits[0]).contains("jss token --socket /run/jss/jss.sock --audience vault"));
-    assert_eq!(inits[0]["image"], "registry.example.com/jss:0.1.0");
-    let login = script(&inits[1]);
-    assert!(
-        login.contains("/v1/auth/jss-${JSS_CLUSTER}/login"),
-        "{login}"
+
+    // The annotation parses with the sidecar's own parser.
+    let annotation = pod["metadata"]["annotations"]["tsi.secrets"]
+        .as_str()
+        .unwrap();
+    let items = jss::workload::secrets::spec::parse(annotation).unwrap();
+    assert_eq!(items.len(), 1);
+    let item_file = Path::new("/tsi-secrets").join(&items[0].file);
+    // The downward API projects exactly that annotation into the spec file.
+    let projected = &volume("tsi-spec")["downwardAPI"]["items"][0];
+    assert_eq!(
+        projected["fieldRef"]["fieldPath"],
+        "metadata.annotations['tsi.secrets']"
     );
-    assert!(login.contains("secret/data/ti-demo-all/"), "{login}");
-    // Every container that touches the secrets mounts the memory volume.
-    for c in inits.iter().chain(spec["containers"].as_array().unwrap()) {
+    let mount = |c: &Value, name: &str| -> Value {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{} does not mount {name}", c["name"]))
+            .clone()
+    };
+
+    let inits = spec["initContainers"].as_array().unwrap();
+    let (init, sidecar) = (&inits[0], &inits[1]);
+    for c in [init, sidecar] {
+        assert_eq!(c["image"], "registry.example.com/jss:0.1.0");
+        let args = strings(&c["command"]);
+        assert_eq!(args[..2], ["jss", "secrets"], "{args:?}");
+        let flag = |f: &str| {
+            let i = args.iter().position(|a| *a == f).unwrap();
+            args[i + 1]
+        };
+        let spec_file = Path::new(mount(c, "tsi-spec")["mountPath"].as_str().unwrap())
+            .join(projected["path"].as_str().unwrap());
+        assert_eq!(Path::new(flag("--spec")), spec_file);
+        assert_eq!(flag("--out"), mount(c, "secrets")["mountPath"]);
+        assert_ne!(mount(c, "secrets")["readOnly"], true, "{}", c["name"]);
+        assert_eq!(mount(c, "jss-socket")["mountPath"], "/run/jss");
+        assert_eq!(env(c, "JSS_SOCKET")["value"], "/run/jss/jss.sock");
+        let ca = env(c, "VAULT_CACERT")["value"].as_str().unwrap();
+        let ca_dir = mount(c, "vault-ca")["mountPath"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(ca.starts_with(&ca_dir), "{ca}");
         assert!(
-            c["volumeMounts"]
-                .as_array()
+            env(c, "VAULT_ADDR")["value"]
+                .as_str()
                 .unwrap()
-                .iter()
-                .any(|m| m["name"] == "secrets"),
-            "{}",
-            c["name"]
+                .starts_with("https://")
         );
     }
+    // Once, then as a native sidecar whose startupProbe waits for the ready file.
+    assert!(strings(&init["command"]).contains(&"--once"));
+    assert!(init["restartPolicy"].is_null());
+    assert!(!strings(&sidecar["command"]).contains(&"--once"));
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    let args = strings(&sidecar["command"]);
+    let ready = args[args.iter().position(|a| *a == "--ready-file").unwrap() + 1];
+    assert!(strings(&sidecar["startupProbe"]["exec"]["command"]).contains(&ready));
+
+    // The app reads the file where TSI put it, from a read-only mount.
+    let app = &spec["containers"][0];
+    assert_eq!(mount(app, "secrets")["readOnly"], true);
+    assert!(
+        strings(&app["command"])
+            .join(" ")
+            .contains(item_file.to_str().unwrap()),
+        "{item_file:?}"
+    );
 }
 
 #[test]
@@ -1153,8 +1207,9 @@ fn jss_subcommands_and_flags_in_units_and_manifests_exist() {
     }
     let app = yaml_docs(&render("example-app"));
     let pod = find(&app, "Pod", "example-app");
-    let script = strings(&pod["spec"]["initContainers"][0]["command"]).join(" ");
-    add("the example app", script.split_whitespace().collect());
+    for c in pod["spec"]["initContainers"].as_array().unwrap() {
+        add("the example app", strings(&c["command"]));
+    }
     let containerfile = fs::read_to_string(daemonset_dir().join("Containerfile")).unwrap();
     let cmd = containerfile
         .lines()
@@ -1169,7 +1224,7 @@ fn jss_subcommands_and_flags_in_units_and_manifests_exist() {
     let subs: BTreeSet<&str> = uses.iter().map(|(_, s, _)| s.as_str()).collect();
     assert_eq!(
         subs,
-        BTreeSet::from(["health", "serve", "token"]),
+        BTreeSet::from(["health", "secrets", "serve"]),
         "{uses:?}"
     );
     for (what, sub, used) in &uses {

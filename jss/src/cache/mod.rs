@@ -5,9 +5,16 @@
 //! TPM. The key includes the container ID: two containers of one pod never
 //! share a token. Bounded: when full, expired entries go first, then the
 //! oldest.
+//!
+//! Entries also remember when they were last asked for and the workload they
+//! describe, so tokens of workloads that keep asking can be re-signed ahead
+//! of need (see `server::refresh`); an entry nobody asked for in a while is
+//! left to expire.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::attest::Workload;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -45,9 +52,28 @@ impl CachedToken {
 }
 
 #[derive(Debug)]
+struct Entry {
+    token: CachedToken,
+    /// What the token describes: enough to sign it again.
+    source: Option<Arc<Workload>>,
+    /// Unix seconds of the last request for this key.
+    asked: u64,
+    refreshing: bool,
+}
+
+/// A token due to be re-signed: its key, workload and the old token's times.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub key: CacheKey,
+    pub workload: Arc<Workload>,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+#[derive(Debug)]
 pub struct TokenCache {
     max_entries: usize,
-    map: Mutex<HashMap<CacheKey, CachedToken>>,
+    map: Mutex<HashMap<CacheKey, Entry>>,
 }
 
 impl TokenCache {
@@ -63,32 +89,106 @@ impl TokenCache {
         self.max_entries > 0
     }
 
+    /// The token for `key` if at least half its life remains; records the
+    /// request either way (it keeps the entry in the refresh set).
     pub fn get(&self, key: &CacheKey, now: u64) -> Option<CachedToken> {
         if !self.enabled() {
             return None;
         }
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).filter(|t| t.fresh(now)).cloned()
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let e = map.get_mut(key)?;
+        e.asked = now;
+        e.token.fresh(now).then(|| e.token.clone())
     }
 
-    pub fn insert(&self, key: CacheKey, token: CachedToken, now: u64) {
+    /// Stores a token signed for a request at `now`; `source` is the
+    /// workload it describes (for refreshes).
+    pub fn insert(
+        &self,
+        key: CacheKey,
+        token: CachedToken,
+        source: Option<Arc<Workload>>,
+        now: u64,
+    ) {
         if !self.enabled() {
             return;
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.max_entries && !map.contains_key(&key) {
-            map.retain(|_, t| t.fresh(now));
+            map.retain(|_, e| e.token.fresh(now));
             if map.len() >= self.max_entries {
                 let oldest = map
                     .iter()
-                    .min_by_key(|(_, t)| t.iat)
+                    .min_by_key(|(_, e)| e.token.iat)
                     .map(|(k, _)| k.clone());
                 if let Some(k) = oldest {
                     map.remove(&k);
                 }
             }
         }
-        map.insert(key, token);
+        map.insert(
+            key,
+            Entry {
+                token,
+                source,
+                asked: now,
+                refreshing: false,
+            },
+        );
+    }
+
+    /// Up to `max` tokens to re-sign now: asked for since `asked_since`,
+    /// past their refresh point (`refresh_at(iat, exp)`), not already being
+    /// refreshed. Each is marked until [`Self::refreshed`] or
+    /// [`Self::refresh_failed`].
+    pub fn due(
+        &self,
+        now: u64,
+        asked_since: u64,
+        max: usize,
+        refresh_at: impl Fn(&CachedToken) -> u64,
+    ) -> Vec<Due> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        for (k, e) in map.iter_mut() {
+            if due.len() >= max {
+                break;
+            }
+            let Some(w) = &e.source else { continue };
+            if e.refreshing || e.asked < asked_since || now < refresh_at(&e.token) {
+                continue;
+            }
+            e.refreshing = true;
+            due.push(Due {
+                key: k.clone(),
+                workload: Arc::clone(w),
+                iat: e.token.iat,
+                exp: e.token.exp,
+            });
+        }
+        due
+    }
+
+    /// Replaces a refreshed entry's token, keeping when it was last asked for.
+    pub fn refreshed(&self, key: &CacheKey, token: CachedToken) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(key) {
+            e.token = token;
+            e.refreshing = false;
+        }
+    }
+
+    pub fn refresh_failed(&self, key: &CacheKey) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(key) {
+            e.refreshing = false;
+        }
+    }
+
+    /// Drops entries whose token has expired (none of them can be handed out).
+    pub fn expire(&self, now: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, e| now < e.token.exp);
     }
 
     /// Drops every entry (the chain changed: new tokens carry the new x5c).
@@ -129,7 +229,7 @@ mod tests {
     #[test]
     fn reused_until_half_life() {
         let c = TokenCache::new(10);
-        c.insert(key("a"), tok("t1", 100), 100);
+        c.insert(key("a"), tok("t1", 100), None, 100);
         assert_eq!(c.get(&key("a"), 100).unwrap().token, "t1");
         assert_eq!(c.get(&key("a"), 130).unwrap().token, "t1");
         assert!(c.get(&key("a"), 131).is_none());
@@ -138,7 +238,7 @@ mod tests {
     #[test]
     fn containers_do_not_share() {
         let c = TokenCache::new(10);
-        c.insert(key("a"), tok("t1", 100), 100);
+        c.insert(key("a"), tok("t1", 100), None, 100);
         assert!(c.get(&key("b"), 100).is_none());
     }
 
@@ -146,7 +246,7 @@ mod tests {
     fn bounded() {
         let c = TokenCache::new(3);
         for (i, k) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-            c.insert(key(k), tok(k, 100 + i as u64), 100 + i as u64);
+            c.insert(key(k), tok(k, 100 + i as u64), None, 100 + i as u64);
             assert!(c.len() <= 3);
         }
         assert!(c.get(&key("a"), 105).is_none());
@@ -156,7 +256,7 @@ mod tests {
     #[test]
     fn disabled() {
         let c = TokenCache::new(0);
-        c.insert(key("a"), tok("t1", 100), 100);
+        c.insert(key("a"), tok("t1", 100), None, 100);
         assert!(c.get(&key("a"), 100).is_none());
     }
 }

@@ -9,6 +9,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use hyperlocal::{UnixConnector, Uri};
 
+/// Where the daemon listens unless `--socket` or `JSS_SOCKET` say otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/jss/jss.sock";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(

@@ -102,6 +102,11 @@ fn d_sub() -> String {
 pub struct CacheConfig {
     pub enabled: bool,
     pub max_entries: usize,
+    /// Re-sign tokens of workloads that asked within the last three token
+    /// lifetimes before their half-life, in the signer's idle time.
+    pub refresh_ahead: bool,
+    /// Most refreshes waiting for the signer at once.
+    pub refresh_max: usize,
 }
 
 impl Default for CacheConfig {
@@ -109,6 +114,8 @@ impl Default for CacheConfig {
         Self {
             enabled: true,
             max_entries: 4096,
+            refresh_ahead: true,
+            refresh_max: 1024,
         }
     }
 }

@@ -126,6 +126,7 @@ pub enum Endpoint {
     Bundle,
     Jwks,
     Healthz,
+    Readyz,
     Metrics,
 }
 
@@ -139,8 +140,9 @@ impl Endpoint {
             (&Method::GET, "/v1/bundle") => Endpoint::Bundle,
             (&Method::GET, "/v1/jwks") => Endpoint::Jwks,
             (&Method::GET, "/healthz") => Endpoint::Healthz,
+            (&Method::GET, "/readyz") => Endpoint::Readyz,
             (&Method::GET, "/metrics") => Endpoint::Metrics,
-            (_, "/v1/token" | "/v1/bundle" | "/v1/jwks" | "/healthz" | "/metrics") => {
+            (_, "/v1/token" | "/v1/bundle" | "/v1/jwks" | "/healthz" | "/readyz" | "/metrics") => {
                 return Err(Refusal::new(
                     Code::MethodNotAllowed,
                     format!("{method} is not allowed on {path}"),
@@ -183,6 +185,17 @@ async fn route(
         Endpoint::Bundle => respond(200, "application/x-pem-file", app.keys().chain_pem.clone()),
         Endpoint::Jwks => respond(200, "application/json", app.keys().jwks.clone()),
         Endpoint::Healthz => respond(200, "text/plain", "ok\n"),
+        // A probe's answer, not a refused request: neither audited nor
+        // counted as a denial (the signer error itself is counted).
+        Endpoint::Readyz => match app.signer_ready().await {
+            Ok(()) => respond(200, "text/plain", "ready\n"),
+            Err(f) => respond(
+                503,
+                "application/json",
+                serde_json::json!({"error": "signer_unavailable", "reason": f.reason, "message": f.message})
+                    .to_string(),
+            ),
+        },
         Endpoint::Metrics => respond(
             200,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -9,7 +9,7 @@ use super::audit::AuditRecord;
 use super::{App, Code, Refusal};
 use crate::attest::{Peer, PeerProcess, Workload};
 use crate::cache::{CacheKey, CachedToken};
-use crate::signer::{SignerError, sign_job};
+use crate::signer::{Priority, QueueError};
 use crate::spiffe::SvidClaims;
 use crate::token::TokenEncoder;
 
@@ -31,7 +31,14 @@ pub enum Form<'a> {
     Svid { asked: Option<&'a str> },
 }
 
-fn now_unix() -> u64 {
+/// A signing input with the claims the cache and audit line need.
+pub(super) struct Unsigned {
+    pub input: String,
+    pub jti: String,
+    pub exp: u64,
+}
+
+pub(super) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -82,7 +89,11 @@ impl App {
     }
 
     /// The SPIFFE ID of `workload`, checked against the one `asked` for.
-    fn spiffe_id(&self, workload: &Workload, asked: Option<&str>) -> Result<String, Refusal> {
+    pub(super) fn spiffe_id(
+        &self,
+        workload: &Workload,
+        asked: Option<&str>,
+    ) -> Result<String, Refusal> {
         let Some(spiffe) = &self.cfg.spiffe else {
             return Err(Refusal::new(
                 Code::Internal,
@@ -97,6 +108,31 @@ impl App {
             )),
             _ => Ok(id),
         }
+    }
+
+    /// The signing input of a token for `workload` at `now`: a JSS token,
+    /// or a JWT-SVID (no `x5c`, `sub` the SPIFFE ID) when `spiffe_id` is set.
+    pub(super) fn unsigned(
+        &self,
+        workload: &Workload,
+        audience: &str,
+        spiffe_id: Option<&str>,
+        now: u64,
+    ) -> Result<Unsigned, Refusal> {
+        let claims = self
+            .claims
+            .build(workload, audience, now)
+            .map_err(|e| Refusal::from(&e))?;
+        let (jti, exp) = (claims.jti.clone(), claims.exp);
+        let keys = self.keys();
+        let input = match spiffe_id {
+            None => keys.encoder.signing_input(&claims),
+            Some(id) => keys
+                .svid_encoder
+                .signing_input(&SvidClaims::new(claims, id.to_string())),
+        }
+        .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+        Ok(Unsigned { input, jti, exp })
     }
 
     /// Cache → claims → signer for an attested workload.
@@ -122,61 +158,72 @@ impl App {
             self.metrics.cache_hits.inc();
             return Ok(self.hand_out("cached", caller, workload, audience, t, spiffe_id));
         }
-        let claims = self
-            .claims
-            .build(workload, audience, now)
-            .map_err(|e| Refusal::from(&e))?;
-        let (jti, exp) = (claims.jti.clone(), claims.exp);
-        // Serialised here, so only owned bytes cross to a blocking thread.
-        let keys = self.keys();
-        let input = match &spiffe_id {
-            None => keys.encoder.signing_input(&claims),
-            Some(id) => keys
-                .svid_encoder
-                .signing_input(&SvidClaims::new(claims, id.clone())),
-        }
-        .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+        let unsigned = self.unsigned(workload, audience, spiffe_id.as_deref(), now)?;
         let token = CachedToken {
-            token: self.sign(input).await?,
-            jti,
+            token: self.sign(unsigned.input).await?,
+            jti: unsigned.jti,
             iat: now,
-            exp,
+            exp: unsigned.exp,
         };
         if let Some(key) = key {
-            self.cache.insert(key, token.clone(), now);
+            let source = self
+                .cfg
+                .cache
+                .refresh_ahead
+                .then(|| Arc::new(workload.clone()));
+            self.cache.insert(key, token.clone(), source, now);
         }
         Ok(self.hand_out("issued", caller, workload, audience, token, spiffe_id))
     }
 
-    /// Signs the signing `input` through the bounded signer queue: past
-    /// `limits.signer_queue` waiting, 503 `overloaded` rather than queueing
-    /// without limit.
+    /// Signs the signing `input` ahead of any refresh. Past
+    /// `limits.signer_queue` callers waiting: 503 `overloaded`, Retry-After
+    /// the measured time the queue ahead needs.
     async fn sign(&self, input: String) -> Result<String, Refusal> {
-        let Ok(permit) = Arc::clone(&self.sign_queue).try_acquire_owned() else {
-            return Err(Refusal::new(
+        match self.signing.sign(input, Priority::Caller).await {
+            Ok((input, sig)) => {
+                self.signer_health.record(Ok(()));
+                Ok(TokenEncoder::finish(input, &sig))
+            }
+            Err(e @ QueueError::Full { retry_after_s, .. }) => Err(Refusal::new(
                 Code::Overloaded,
-                "too many requests are waiting for the signer; retry shortly",
-            ));
-        };
-        let signed = sign_job(&self.signer, move |signer| {
-            let _permit = permit;
-            let sig = signer.sign(input.as_bytes())?;
-            Ok(TokenEncoder::finish(input, &sig))
-        })
-        .await;
-        signed.map_err(|e| {
-            self.metrics.signer_errors.inc();
-            match e {
-                SignerError::JobFailed { .. } => Refusal::new(Code::Internal, e.to_string()),
+                format!("{e}; ask again after Retry-After"),
+            )
+            .retry_after(Some(retry_after_s))),
+            Err(QueueError::Signer(e)) => {
+                self.signer_health.record(Err(&e));
+                self.metrics.signer_error(e.reason());
                 // Retry-After only where asking again can help (the TPM went
                 // away), not for a key that will never sign (a PCR mismatch).
-                _ => Refusal::new(
+                Err(Refusal::new(
                     Code::SignerUnavailable,
                     format!("cannot sign the token: {e}"),
                 )
-                .retry_after(e.is_transient().then_some(1)),
+                .retry_after(e.is_transient().then_some(1)))
             }
-        })
+        }
+    }
+
+    /// The signer's readiness: the last signature's outcome when recent,
+    /// else that of a probe signature, queued behind callers (a full queue
+    /// means the signer is busy signing: ready).
+    pub async fn signer_ready(&self) -> Result<(), super::readiness::Failure> {
+        if let Some(outcome) = self.signer_health.fresh() {
+            return outcome;
+        }
+        match self
+            .signing
+            .sign("jss readiness probe".into(), Priority::Refresh)
+            .await
+        {
+            Ok(_) => self.signer_health.record(Ok(())),
+            Err(QueueError::Full { .. }) => return Ok(()),
+            Err(QueueError::Signer(e)) => {
+                self.metrics.signer_error(e.reason());
+                self.signer_health.record(Err(&e));
+            }
+        }
+        self.signer_health.fresh().unwrap_or(Ok(()))
     }
 
     /// Audits and counts a token handed to `caller` (`outcome`: issued or cached).

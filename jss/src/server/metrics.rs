@@ -11,6 +11,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::kubelet::PodSource;
+use crate::signer::QueueStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -23,8 +24,11 @@ pub struct Metrics {
     pub tokens_issued: Counter,
     pub cache_hits: Counter,
     pub denials: Family<ReasonLabel, Counter>,
-    pub signer_errors: Counter,
+    /// Failed signatures by `SignerError::reason` (`pcr_mismatch`, …).
+    pub signer_errors: Family<ReasonLabel, Counter>,
     pub request_seconds: Histogram,
+    pub refreshes: Counter,
+    pub refreshes_late: Counter,
 }
 
 /// Reads the pod source's own counters at scrape time.
@@ -61,12 +65,17 @@ impl Collector for KubeletFetches {
 
 impl Metrics {
     /// `pid_guard`: which PID-reuse guard this kernel allows (`pidfd` or `start_time`).
-    pub fn new(pods: Arc<dyn PodSource>, pid_guard: &'static str) -> Self {
+    pub fn new(
+        pods: Arc<dyn PodSource>,
+        pid_guard: &'static str,
+        signing: Arc<QueueStats>,
+    ) -> Self {
         let mut registry = Registry::default();
         let tokens_issued = Counter::default();
         let cache_hits = Counter::default();
         let denials = Family::<ReasonLabel, Counter>::default();
-        let signer_errors = Counter::default();
+        let signer_errors = Family::<ReasonLabel, Counter>::default();
+        let (refreshes, refreshes_late) = (Counter::default(), Counter::default());
         // 100 µs .. ~3.3 s
         let request_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -86,7 +95,7 @@ impl Metrics {
         );
         registry.register(
             "jss_signer_errors",
-            "Failed signing operations",
+            "Failed signing operations, by reason",
             signer_errors.clone(),
         );
         registry.register(
@@ -100,6 +109,31 @@ impl Metrics {
             Info::new(vec![("guard", pid_guard)]),
         );
         registry.register_collector(Box::new(KubeletFetches(pods)));
+        registry.register(
+            "jss_sign_duration_seconds",
+            "Time one signature took in the signer (the TPM's round trip included)",
+            signing.sign_seconds.clone(),
+        );
+        registry.register(
+            "jss_sign_queue_wait_seconds",
+            "Time a signature waited for the signer (callers and refreshes)",
+            signing.wait_seconds.clone(),
+        );
+        registry.register(
+            "jss_sign_queue_depth",
+            "Signatures waiting for the signer now",
+            signing.depth.clone(),
+        );
+        registry.register(
+            "jss_refreshes",
+            "Tokens re-signed ahead of need for workloads that asked recently",
+            refreshes.clone(),
+        );
+        registry.register(
+            "jss_refreshes_late",
+            "Refreshes done after the old token's half-life (a caller may have waited)",
+            refreshes_late.clone(),
+        );
         Self {
             registry,
             tokens_issued,
@@ -107,11 +141,21 @@ impl Metrics {
             denials,
             signer_errors,
             request_seconds,
+            refreshes,
+            refreshes_late,
         }
     }
 
     pub fn deny(&self, reason: &str) {
         self.denials
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn signer_error(&self, reason: &str) {
+        self.signer_errors
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })

@@ -13,6 +13,8 @@ pub mod http;
 mod issue;
 mod listener;
 mod metrics;
+pub mod readiness;
+pub mod refresh;
 mod refusal;
 
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ use crate::chain::{Chain, ChainError};
 use crate::claims::{ClaimsBuilder, ClaimsError, NodeFacts, read_machine_id};
 use crate::config::Config;
 use crate::kubelet::PodSource;
-use crate::signer::{KeyPolicy, Signer, SignerError};
+use crate::signer::{KeyPolicy, SignQueue, Signer, SignerError};
 use crate::token::{TokenEncoder, TokenError};
 
 pub use audit::AuditRecord;
@@ -82,7 +84,8 @@ pub struct App {
     pub metrics: Metrics,
     audit: audit::Audit,
     keys: RwLock<Arc<Keys>>,
-    sign_queue: Arc<Semaphore>,
+    signing: SignQueue,
+    signer_health: readiness::SignerHealth,
 }
 
 impl App {
@@ -105,6 +108,11 @@ impl App {
                 path: cfg.audit_log.clone().unwrap_or_default(),
                 source,
             })?;
+        let signing = SignQueue::new(
+            Arc::clone(&signer),
+            cfg.limits.signer_queue,
+            cfg.cache.refresh_max,
+        );
         Ok(Self {
             attestor: Attestor::new(cfg.proc_root.clone(), Arc::clone(&pods)),
             claims: ClaimsBuilder::new(facts, cfg.sub_template.clone(), cfg.token_ttl_seconds),
@@ -113,10 +121,11 @@ impl App {
             } else {
                 0
             }),
-            metrics: Metrics::new(pods, crate::attest::guard_supported()),
+            metrics: Metrics::new(pods, crate::attest::guard_supported(), signing.stats()),
             audit,
             keys: RwLock::new(Arc::new(keys)),
-            sign_queue: Arc::new(Semaphore::new(cfg.limits.signer_queue)),
+            signing,
+            signer_health: readiness::SignerHealth::default(),
             signer,
             cfg,
         })
@@ -200,6 +209,8 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             "this kernel has no SO_PEERPIDFD (Linux < 6.5): the PID-reuse guard falls back to comparing process start times, which leaves a short race at accept"
         );
     }
+    let refresher = (app.cache.enabled() && app.cfg.cache.refresh_ahead)
+        .then(|| tokio::spawn(refresh::run(Arc::clone(&app))));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         let permit = tokio::select! {
@@ -236,6 +247,9 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
         });
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if let Some(r) = refresher {
+        r.abort();
+    }
     drop(listener);
     if !app.cfg.socket.as_os_str().is_empty() && !activated {
         let _ = std::fs::remove_file(&app.cfg.socket);

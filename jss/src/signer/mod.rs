@@ -4,11 +4,11 @@
 //! (only a TPM-wrapped blob lives on disk); [`SoftwareSigner`] keeps a PKCS#8
 //! key in the state directory for nodes without a TPM. Both return raw ES256
 //! signatures (`r‖s`, 64 bytes). `sign` blocks: async callers go through
-//! [`sign_job`], which runs it where the backend needs.
+//! [`SignQueue`], which runs it where the backend needs, callers first.
 
-mod job;
 mod jwk;
 mod pcr;
+mod queue;
 mod software;
 mod tpm;
 
@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-pub use job::sign_job;
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
 pub use pcr::{PCR_BANK, PcrSelection};
+pub use queue::{Priority, QueueError, QueueStats, SignQueue};
 pub use software::SoftwareSigner;
 pub use tpm::{TpmSigner, describe_blob, tpm_reachable};
 
@@ -151,8 +151,6 @@ pub enum SignerError {
     Software(String),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("the signing thread failed: {source}")]
-    JobFailed { source: tokio::task::JoinError },
 }
 
 impl SignerError {

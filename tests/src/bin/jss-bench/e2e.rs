@@ -70,7 +70,7 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// CPU time (user + system) the process has used, in microseconds.
-fn cpu_us(pid: u32) -> anyhow::Result<f64> {
+pub fn cpu_us(pid: u32) -> anyhow::Result<f64> {
     let stat = read_proc(pid, "stat")?;
     // fields 14 and 15 (utime, stime) are at 11 and 12 after the state field
     let ticks = stat

@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|secrets] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -13,11 +13,14 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
+//!   written), the sidecar's RSS and CPU per refresh and while idle.
 
 mod attest;
 mod e2e;
 mod http;
 mod openbao;
+mod secrets;
 mod sign;
 
 use std::collections::BTreeMap;
@@ -137,6 +140,27 @@ fn print_ratios(f: &mut Figures) {
             "daemon peak RSS, worst run (MiB)"
         );
     }
+    for (label, key, target) in [
+        (
+            "jss secrets --once, 10 secrets, p50 ms",
+            "secrets.once.n10.written_p50_ms",
+            "<= 50 ms",
+        ),
+        (
+            "jss secrets sidecar, 10 secrets, RSS MiB",
+            "secrets.sidecar.n10.rss_mib",
+            "<= 10 MiB",
+        ),
+        (
+            "jss secrets sidecar, idle CPU ms",
+            "secrets.sidecar.idle_cpu_ms",
+            "0 between refreshes",
+        ),
+    ] {
+        if let Some(v) = f.get(key) {
+            println!("{label:<52}: {v:>8.2}  {target}");
+        }
+    }
 }
 
 fn main() {
@@ -184,6 +208,9 @@ fn run() -> anyhow::Result<()> {
         }
         if matches!(what, "e2e" | "all") {
             figures.extend(e2e::run(seconds)?);
+        }
+        if matches!(what, "secrets" | "all") {
+            figures.extend(secrets::run(seconds));
         }
         passes.push(figures);
     }

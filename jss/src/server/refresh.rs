@@ -1,0 +1,132 @@
+//! Tokens re-signed ahead of need, in the signer's idle time.
+//!
+//! Clients ask again at about half a token's life (spiffe-helper: exp/2 +
+//! 1 s). With a TPM that signs in 25–200 ms, a client that finds no fresh
+//! token waits behind every signature queued before it. So tokens of
+//! workloads that asked within the last three lifetimes are re-signed before
+//! half-life, at a point spread over 30–45 % of the lifetime (per token, from
+//! its `jti`) so that a node boot's burst does not stay in step. Refreshes
+//! queue behind every caller (`signer::Priority::Refresh`) and at most
+//! `cache.refresh_max` wait at once. A refreshed token is handed out only to
+//! a caller that attests as that container, like any cached token, and never
+//! with less than half its life left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::App;
+use crate::cache::{CachedToken, Due};
+use crate::signer::{Priority, QueueError};
+use crate::token::TokenEncoder;
+
+/// How often the cache is scanned for due tokens.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Entries asked for within this many token lifetimes are kept fresh.
+pub const INTEREST_LIFETIMES: u64 = 3;
+
+/// When `t` is due: 30–45 % into its life, spread by its `jti`.
+pub fn refresh_at(t: &CachedToken) -> u64 {
+    let life = t.exp.saturating_sub(t.iat);
+    let spread = t
+        .jti
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 16;
+    // 30 % + 0..15 %, in whole seconds.
+    t.iat + life * (30 + spread) / 100
+}
+
+/// Runs refresh passes every [`TICK`] until the runtime stops.
+pub async fn run(app: Arc<App>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        app.refresh_pass(super::issue::now_unix());
+    }
+}
+
+impl App {
+    /// Queues a refresh for each due token (as many as the queue has room
+    /// for) and drops expired entries.
+    pub fn refresh_pass(self: &Arc<Self>, now: u64) {
+        self.cache.expire(now);
+        let room = self.signing.refresh_room();
+        if room == 0 {
+            return;
+        }
+        let since = now.saturating_sub(INTEREST_LIFETIMES * self.cfg.token_ttl_seconds);
+        for due in self.cache.due(now, since, room, refresh_at) {
+            let app = Arc::clone(self);
+            tokio::spawn(async move { app.refresh(due).await });
+        }
+    }
+
+    async fn refresh(&self, due: Due) {
+        let now = super::issue::now_unix();
+        let signed = async {
+            // The same form as the cached token: a JWT-SVID stays one.
+            let spiffe_id = due
+                .key
+                .svid
+                .then(|| self.spiffe_id(&due.workload, None))
+                .transpose()
+                .map_err(|r| r.message)?;
+            let unsigned = self
+                .unsigned(&due.workload, &due.key.audience, spiffe_id.as_deref(), now)
+                .map_err(|r| r.message)?;
+            let (input, sig) = match self.signing.sign(unsigned.input, Priority::Refresh).await {
+                Ok(s) => s,
+                Err(QueueError::Signer(e)) => {
+                    self.metrics.signer_error(e.reason());
+                    return Err(e.to_string());
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            Ok(CachedToken {
+                token: TokenEncoder::finish(input, &sig),
+                jti: unsigned.jti,
+                iat: now,
+                exp: unsigned.exp,
+            })
+        }
+        .await;
+        match signed {
+            Ok(token) => {
+                self.cache.refreshed(&due.key, token);
+                self.metrics.refreshes.inc();
+                // Done after the old token stopped being handed out: a caller
+                // in between had to wait for a signature of its own.
+                if super::issue::now_unix() * 2 > due.iat + due.exp {
+                    self.metrics.refreshes_late.inc();
+                }
+            }
+            Err(reason) => {
+                self.cache.refresh_failed(&due.key);
+                tracing::debug!(namespace = %due.workload.namespace, pod = %due.workload.pod_name, %reason, "refresh skipped");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_points_fall_before_half_life_and_spread() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let t = CachedToken {
+                token: String::new(),
+                jti: format!("jti-{i}"),
+                iat: 1000,
+                exp: 1060,
+            };
+            let at = refresh_at(&t);
+            assert!((1018..1030).contains(&at), "{at}");
+            seen.insert(at);
+        }
+        assert!(seen.len() >= 6, "{seen:?}");
+    }
+}

@@ -1,0 +1,239 @@
+//! A whole registered cluster on one machine, for the workload-side tests:
+//! a real OpenBao set up by `jss-bootstrap cluster init`, a swtpm-held node
+//! key enrolled by `jss-bootstrap node register`, the kubelet stand-in
+//! listing the given pods, and `jss serve`. Pods are real processes in
+//! kubepods cgroups ([`Cluster::pod`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::bao::{Bao, ROOT_TOKEN};
+use crate::daemon::{Daemon, bin};
+use crate::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
+use crate::node::spawn_in;
+use crate::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
+use crate::swtpm::Swtpm;
+
+pub const CLUSTER: &str = "EUCluster";
+pub const REGION: &str = "eu-de";
+pub const MOUNT: &str = "jss-EUCluster";
+/// The TSI demo pod's namespace and image.
+pub const DEMO_NS: &str = "trusted-identity";
+pub const DEMO_IMG: &str = "docker.io/library/ubuntu:24.04";
+
+/// A pod the kubelet stand-in lists: one container.
+#[derive(Debug, Clone)]
+pub struct PodDef {
+    pub uid: String,
+    pub container_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub container: String,
+    pub image: String,
+}
+
+impl PodDef {
+    pub fn new(namespace: &str, name: &str, container: &str, image: &str) -> Self {
+        Self {
+            uid: random_pod_uid(),
+            container_id: random_container_id(),
+            namespace: namespace.into(),
+            name: name.into(),
+            container: container.into(),
+            image: image.into(),
+        }
+    }
+
+    /// The TSI demo's pod: namespace trusted-identity, one ubuntu container.
+    pub fn tsi_demo() -> Self {
+        Self::new(DEMO_NS, "myubuntu-698b8cb4b-n6xgk", "myubuntu", DEMO_IMG)
+    }
+
+    /// The pod's `images` claim.
+    pub fn images(&self) -> String {
+        jss::claims::images_hash(&[self.image.as_str()])
+    }
+
+    /// `name` at this pod's ti-demo-all path (KV CLI form).
+    pub fn ti_demo_all(&self, name: &str) -> String {
+        format!(
+            "secret/ti-demo-all/{REGION}/{CLUSTER}/{}/{}/{name}",
+            self.namespace,
+            self.images()
+        )
+    }
+
+    /// `name` at this pod's ti-demo-ri path (KV CLI form).
+    pub fn ti_demo_ri(&self, name: &str) -> String {
+        format!("secret/ti-demo-ri/{REGION}/{}/{name}", self.images())
+    }
+}
+
+pub struct Cluster {
+    pub bao: Bao,
+    pub dir: tempfile::TempDir,
+    pub daemon: Daemon,
+    _kubelet: KubeletStandin,
+    _tpm: Swtpm,
+}
+
+/// The cgroup layout of this host: v2 if there is one, else v1.
+pub fn layout() -> Layout {
+    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+    {
+        Layout::V2Systemd(Qos::BestEffort)
+    } else {
+        Layout::V1Cgroupfs(Qos::BestEffort)
+    }
+}
+
+/// Runs `jss-bootstrap ARGS` against `bao` with its root token; panics
+/// with its output on failure.
+pub fn bootstrap(bao: &Bao, args: &[&str]) -> String {
+    let out = Command::new(bin("jss-bootstrap"))
+        .args(args)
+        .env("VAULT_ADDR", bao.addr())
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .env("TSS2_LOG", "all+none")
+        .env_remove("BAO_ADDR")
+        .env_remove("BAO_TOKEN")
+        .output()
+        .unwrap_or_else(|e| panic!("jss-bootstrap: {e}"));
+    assert!(
+        out.status.success(),
+        "jss-bootstrap {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Cluster {
+    /// `cluster init` with `init_args` added, a TPM node registered, the
+    /// daemon serving `pods` with `daemon_extra` TOML at the config's top level.
+    pub fn start(init_args: &[&str], daemon_extra: &str, pods: &[&PodDef]) -> Self {
+        let bao = Bao::start();
+        let mut init = vec!["cluster", "init", "--cluster", CLUSTER, "--region", REGION];
+        init.extend_from_slice(init_args);
+        bootstrap(&bao, &init);
+        let tpm = Swtpm::start();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let state = dir.path().join("state");
+        let state_s = state.display().to_string();
+        bootstrap(
+            &bao,
+            &[
+                "node",
+                "register",
+                "--state-dir",
+                &state_s,
+                "--cluster",
+                CLUSTER,
+                "--region",
+                REGION,
+                "--node",
+                "node-1",
+                "--signer",
+                "tpm",
+                "--tcti",
+                &tpm.tcti(),
+            ],
+        );
+        let kubelet = KubeletStandin::start(pod_list(
+            &pods
+                .iter()
+                .map(|p| {
+                    PodBuilder::new(&p.uid, &p.namespace, &p.name)
+                        .container(Ctr::running(&p.container, &p.image, &p.container_id))
+                        .json()
+                })
+                .collect::<Vec<_>>(),
+        ));
+        std::fs::write(
+            dir.path().join("machine-id"),
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n",
+        )
+        .unwrap_or_else(|e| panic!("machine-id: {e}"));
+        let d = dir.path().display();
+        let config = format!(
+            r#"socket = "{d}/jss.sock"
+state_dir = "{d}/state"
+cluster_name = "{CLUSTER}"
+cluster_region = "{REGION}"
+node_name = "node-1"
+machine_id_path = "{d}/machine-id"
+audiences = ["vault"]
+audit_log = "{d}/audit.log"
+{daemon_extra}
+[signer]
+kind = "tpm"
+tcti = "{tcti}"
+
+[kubelet]
+url = "{url}"
+token_path = "{token}"
+ca_path = "{ca}"
+"#,
+            tcti = tpm.tcti(),
+            url = kubelet.url(),
+            token = kubelet.token_path().display(),
+            ca = kubelet.ca_path().display(),
+        );
+        let daemon = Daemon::start(dir.path(), &config);
+        Self {
+            bao,
+            dir,
+            daemon,
+            _kubelet: kubelet,
+            _tpm: tpm,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A process of `pod` (in its container's cgroup), killed on drop.
+    pub fn pod(&self, pod: &PodDef) -> PodProcess {
+        PodProcess::spawn(layout(), &pod.uid, &pod.container_id)
+    }
+
+    /// Starts `jss ARGS` in `pod`'s cgroup with the socket and Vault address
+    /// in its environment (`env` then execs jss: the pid stays in the cgroup),
+    /// plus `vars`; stdout and stderr piped.
+    pub fn spawn_jss(&self, pod: &PodProcess, args: &[&str], vars: &[(&str, &str)]) -> Child {
+        let mut argv: Vec<String> = vec![
+            format!("JSS_SOCKET={}", self.daemon.socket.display()),
+            format!("VAULT_ADDR={}", self.bao.addr()),
+            "RUST_LOG=info".into(),
+        ];
+        argv.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
+        argv.push(bin("jss").display().to_string());
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        spawn_in(pod, Path::new("/usr/bin/env"), &argv, Stdio::piped())
+    }
+
+    /// `bao kv put PATH KEY=VALUE…` with the root token.
+    pub fn put(&self, path: &str, kv: &[&str]) {
+        let mut args = vec!["kv", "put", path];
+        args.extend_from_slice(kv);
+        self.bao.ok(&args);
+    }
+
+    /// A new directory under the cluster's temp dir.
+    pub fn mkdir(&self, name: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        p
+    }
+}
+
+/// Seconds since the Unix epoch (compare with a token's `exp`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
