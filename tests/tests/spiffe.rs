@@ -265,3 +265,38 @@ fn a_new_node_key_reaches_an_open_bundle_stream() {
     assert_eq!(key_count(second), 2);
     assert!(watcher.wait().unwrap().success());
 }
+
+/// A cached JWT-SVID refreshed ahead of need is still a JWT-SVID (the
+/// refresher once re-signed every entry as a JSS token, `x5c` and all).
+#[test]
+fn a_refreshed_jwt_svid_stays_a_jwt_svid() {
+    let env = start("token_ttl_seconds = 10", "");
+    let pod = env.pod();
+    let first = env.client(Some(&pod), &["raw-fetch", "vault"]);
+    let first = first["token"].as_str().unwrap().to_string();
+    let claims = part(&first, 1);
+    let half_life = (claims["iat"].as_u64().unwrap() + claims["exp"].as_u64().unwrap()) / 2;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // Past half-life the first one is no longer handed out.
+    while now() <= half_life {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let second = env.client(Some(&pod), &["raw-fetch", "vault"]);
+    let second = second["token"].as_str().unwrap();
+    assert_ne!(second, first);
+    let header = part(second, 0);
+    let mut names: Vec<_> = header.as_object().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["alg", "kid", "typ"], "header {header}");
+    assert_eq!(part(second, 1)["sub"], pod_spiffe_id());
+    let last = env.daemon.audit_lines().pop().unwrap();
+    assert_eq!(
+        last["outcome"], "cached",
+        "the refreshed SVID was handed out: {last}"
+    );
+}
