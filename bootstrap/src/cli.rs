@@ -264,6 +264,11 @@ pub struct ClusterInitArgs {
     /// tsi-r|ri|rcn|rcni on secret/tsi-<kind>/<claims>/* (`tsi.secret/constraints`).
     #[arg(long)]
     pub tsi_compat: bool,
+    /// Also a role `<role>-spiffe` for JWT-SVIDs of this SPIFFE trust domain
+    /// (`sub` spiffe://<domain>/*, user_claim jss-sub; README.md, "Using JSS
+    /// from SPIFFE clients").
+    #[arg(long)]
+    pub spiffe_trust_domain: Option<String>,
 }
 
 /// Who the node is and where it registers.
@@ -415,6 +420,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 root_cn: a.root_cn.clone(),
                 root_ttl: a.root_ttl.clone(),
                 tsi_compat: a.tsi_compat,
+                spiffe_trust_domain: a.spiffe_trust_domain.clone(),
             };
             for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
                 let _ = writeln!(out, "{s}");

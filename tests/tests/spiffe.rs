@@ -6,7 +6,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -14,25 +14,10 @@ use jss::signer::SignerKind;
 use jss_tests::daemon::Daemon;
 use jss_tests::node::{NAMESPACE, Node, spawn_in};
 use jss_tests::pods::{Layout, PodProcess, Qos};
+use jss_tests::spiffe::{client_argv, py_client, require_py_spiffe};
 use serde_json::Value;
 
 const TD: &str = "example.org";
-
-fn client_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("spiffe/py_client.py")
-}
-
-/// py-spiffe must be installed (swtpm-ci/install-deps): fail, never skip.
-fn require_py_spiffe() {
-    let ok = Command::new("python3")
-        .args(["-c", "import spiffe"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "py-spiffe is missing: run swtpm-ci/install-deps (pip install spiffe)"
-    );
-}
 
 struct Env {
     node: Node,
@@ -69,35 +54,11 @@ impl Env {
         )
     }
 
-    fn endpoint(&self) -> String {
-        format!(
-            "SPIFFE_ENDPOINT_SOCKET=unix://{}",
-            self.spiffe_socket.display()
-        )
-    }
-
     /// Runs the py-spiffe client in `pod` (or on the host) and parses its JSON.
     fn client(&self, pod: Option<&PodProcess>, args: &[&str]) -> Value {
-        let script = client_script();
-        let endpoint = self.endpoint();
-        let mut argv = vec![endpoint.as_str(), "python3", script.to_str().unwrap()];
-        argv.extend_from_slice(args);
-        let out = match pod {
-            Some(p) => spawn_in(p, Path::new("env"), &argv, Stdio::piped())
-                .wait_with_output()
-                .unwrap(),
-            None => Command::new("env").args(&argv).output().unwrap(),
-        };
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "py-spiffe client {args:?} failed: {}\n{stdout}\n{}\ndaemon:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.daemon.stderr()
-        );
-        serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("client printed no JSON ({e}): {stdout}"))
+        py_client(&self.spiffe_socket, pod, args, &|| {
+            format!("daemon:\n{}", self.daemon.stderr())
+        })
     }
 }
 
@@ -241,14 +202,9 @@ fn a_new_node_key_reaches_an_open_bundle_stream() {
         ),
     );
     let pod = env.pod();
-    let script = client_script();
-    let endpoint = env.endpoint();
-    let mut watcher = spawn_in(
-        &pod,
-        Path::new("env"),
-        &[&endpoint, "python3", script.to_str().unwrap(), "watch", "2"],
-        Stdio::piped(),
-    );
+    let argv = client_argv(&env.spiffe_socket, &["watch", "2"]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut watcher = spawn_in(&pod, Path::new("env"), &argv, Stdio::piped());
     let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
     let key_count = |line: String| -> Value {
         serde_json::from_str::<Value>(&line).unwrap()["keys"][format!("spiffe://{TD}")].clone()
