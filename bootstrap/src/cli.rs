@@ -35,12 +35,45 @@ pub enum Cmd {
     /// Node operations.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The cluster's OIDC discovery provider (JWKS mode).
+    #[command(subcommand)]
+    Discovery(DiscoveryCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiscoveryCmd {
+    /// Serve /.well-known/openid-configuration and the JWKS over HTTPS, built from the registry.
+    Serve(crate::discovery::ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
     /// Set up Vault for a cluster: PKI root, JWT auth mount, role, policies. Idempotent.
-    Init(ClusterInitArgs),
+    Init(Box<ClusterInitArgs>),
+    /// Show the key mode, the registered nodes, their kids and expiring certificates.
+    Status(ClusterViewArgs),
+    /// Print the cluster's JWKS (the document `discovery serve` serves).
+    Jwks(ClusterViewArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ClusterViewArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Flag certificates that expire within this many hours.
+    #[arg(long, default_value_t = 168)]
+    pub expiring_within: u64,
+}
+
+/// Where the mount takes its keys from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeysMode {
+    /// jwt_validation_pubkeys: every key in the mount config (small clusters).
+    Static,
+    /// jwks_url: the discovery server's JWKS, key picked by kid.
+    Jwks,
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,6 +228,7 @@ impl ClusterArgs {
         lock.ttl = std::time::Duration::from_secs(self.lock_ttl.max(10));
         lock.wait = std::time::Duration::from_secs(self.lock_wait);
         Target {
+            registry: crate::registry::Registry::new(&self.kv_mount, &mount),
             mount,
             lock,
             holder: holder_id(who),
@@ -260,6 +294,19 @@ pub struct ClusterInitArgs {
     /// TTL of the root CA, if one is created (also the PKI mount's max TTL).
     #[arg(long, default_value = "87600h")]
     pub root_ttl: String,
+    /// Key source of the mount; on an existing cluster, switches it live
+    /// [default: keep the current one; static for a new mount]
+    #[arg(long, value_enum)]
+    pub keys: Option<KeysMode>,
+    /// JWKS URL Vault fetches (--keys jwks): the discovery server's /keys.
+    #[arg(long, required_if_eq("keys", "jwks"))]
+    pub jwks_url: Option<String>,
+    /// CA certificate (PEM) that verifies the JWKS URL's TLS certificate.
+    #[arg(long)]
+    pub jwks_ca_pem: Option<PathBuf>,
+    /// Seconds to wait for the JWKS to serve every registered key before switching.
+    #[arg(long, default_value_t = 60)]
+    pub jwks_wait: u64,
     /// Also TSI's constraint roles tsi-role-r|ri|rcn|rcni with policies
     /// tsi-r|ri|rcn|rcni on secret/tsi-<kind>/<claims>/* (`tsi.secret/constraints`).
     #[arg(long)]
@@ -329,8 +376,17 @@ pub struct DeregisterArgs {
     #[command(flatten)]
     pub vault: VaultArgs,
     /// Deregister this public key (SPKI PEM) instead of the node key in --state-dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["node", "kid"])]
     pub public_key: Option<PathBuf>,
+    /// Deregister the node of this name (from the registry; no TPM needed).
+    #[arg(long, conflicts_with = "kid")]
+    pub node: Option<String>,
+    /// Deregister the node whose key has this kid (from the registry).
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// JWKS mode: seconds to wait for the JWKS to drop the key.
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -348,6 +404,9 @@ pub struct StatusArgs {
     /// PKI mount (named in the policy printed on 403).
     #[arg(long, default_value = "pki")]
     pub pki_mount: String,
+    /// KV-v2 mount holding the node registry.
+    #[arg(long, default_value = "secret")]
+    pub kv_mount: String,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -419,12 +478,48 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 token_ttl: a.token_ttl.clone(),
                 root_cn: a.root_cn.clone(),
                 root_ttl: a.root_ttl.clone(),
+                keys: a.keys,
+                jwks_url: a.jwks_url.clone(),
+                jwks_ca_pem: match &a.jwks_ca_pem {
+                    Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                        Error::Usage(format!("cannot read --jwks-ca-pem {}: {e}", p.display()))
+                    })?),
+                    None => None,
+                },
+                jwks_wait: std::time::Duration::from_secs(a.jwks_wait),
                 tsi_compat: a.tsi_compat,
                 spiffe_trust_domain: a.spiffe_trust_domain.clone(),
             };
             for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
                 let _ = writeln!(out, "{s}");
             }
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Status(a)) => {
+            a.cluster.check()?;
+            let v = a.vault.connect(a.cluster.paths().status()).await?;
+            let within = std::time::Duration::from_secs(a.expiring_within * 3600);
+            crate::view::status(&v, &a.cluster.target("status"), within, out).await?;
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Jwks(a)) => {
+            a.cluster.check()?;
+            let v = a.vault.connect(a.cluster.paths().discovery()).await?;
+            let doc = crate::registry::jwks(
+                a.cluster
+                    .target("jwks")
+                    .registry
+                    .all(&v)
+                    .await?
+                    .into_values(),
+            );
+            let _ = writeln!(out, "{doc:#}");
+            Ok(())
+        }
+        Cmd::Discovery(DiscoveryCmd::Serve(a)) => {
+            a.cluster.check()?;
+            let v = a.vault.connect(a.cluster.paths().discovery()).await?;
+            crate::discovery::serve(v, &a).await?;
             Ok(())
         }
         Cmd::Node(NodeCmd::Init(k)) => {
@@ -437,24 +532,42 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Cmd::Node(NodeCmd::Deregister(a)) => {
             a.cluster.check()?;
             let v = a.vault.connect(a.cluster.paths().deregister()).await?;
-            let key = node::key_for_deregister(a.public_key.as_deref(), &a.key.config(), out)?;
-            node::deregister(&v, &a.cluster.target("deregister"), &key, out).await?;
+            let which = match (&a.node, &a.kid) {
+                (Some(n), _) => crate::membership::Which::Node(n.clone()),
+                (None, Some(k)) => crate::membership::Which::Kid(k.clone()),
+                (None, None) => {
+                    crate::membership::Which::Key(crate::membership::key_for_deregister(
+                        a.public_key.as_deref(),
+                        &a.key.config(),
+                        out,
+                    )?)
+                }
+            };
+            let wait = std::time::Duration::from_secs(a.wait);
+            crate::membership::deregister(&v, &a.cluster.target("deregister"), which, wait, out)
+                .await?;
             Ok(())
         }
         Cmd::Node(NodeCmd::Status(a)) => {
             let Some(cluster) = &a.cluster else {
-                node::status(&a.key.config(), None, out).await?;
+                crate::membership::status(&a.key.config(), None, out).await?;
                 return Ok(());
             };
             let mount = a.mount.clone().unwrap_or_else(|| format!("jss-{cluster}"));
             let paths = Paths {
                 mount: mount.clone(),
                 pki_mount: a.pki_mount.clone(),
-                kv_mount: String::new(),
+                kv_mount: a.kv_mount.clone(),
                 lock_path: String::new(),
             };
             let v = a.vault.connect(paths.status()).await?;
-            node::status(&a.key.config(), Some((&v, &mount)), out).await?;
+            let target = Target {
+                registry: crate::registry::Registry::new(&a.kv_mount, &mount),
+                lock: LockSpec::for_mount(&a.kv_mount, &mount),
+                mount,
+                holder: holder_id("status"),
+            };
+            crate::membership::status(&a.key.config(), Some((&v, &target)), out).await?;
             Ok(())
         }
         Cmd::Node(NodeCmd::Csr(a)) => {

@@ -11,6 +11,8 @@ use vaultrs::api::auth::oidc::requests::SetRoleRequest;
 use vaultrs::api::sys::requests::{EnableEngineDataConfig, EnableEngineRequest};
 use vaultrs::sys;
 
+use crate::cli::KeysMode;
+use crate::migrate::{self, MigrateError};
 use crate::policy::{self, TI_DEMO_ALL, TI_DEMO_RI, TSI_CONSTRAINTS};
 use crate::register::{self, RegisterError, Target};
 use crate::vault::{Vault, VaultError, absent_as_none};
@@ -27,6 +29,8 @@ pub enum ClusterError {
     },
     #[error(transparent)]
     Register(#[from] RegisterError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
     #[error(transparent)]
     Vault(#[from] VaultError),
 }
@@ -45,6 +49,14 @@ pub struct ClusterSpec {
     pub token_ttl: String,
     pub root_cn: String,
     pub root_ttl: String,
+    /// `None` keeps the mount's current key source.
+    pub keys: Option<KeysMode>,
+    /// Required with `KeysMode::Jwks`.
+    pub jwks_url: Option<String>,
+    /// PEM of the CA that verifies `jwks_url`.
+    pub jwks_ca_pem: Option<String>,
+    /// How long to wait for the JWKS to serve every registered key.
+    pub jwks_wait: std::time::Duration,
     /// Also TSI's constraint roles `tsi-role-<kind>` and policies `tsi-<kind>`.
     pub tsi_compat: bool,
     /// Also a role `<role>-spiffe` for JWT-SVIDs of this SPIFFE trust domain.
@@ -186,13 +198,38 @@ pub async fn init(
     // The cluster's JWT auth mount.
     let accessor = ensure_auth_mount(v, spec, &mut steps).await?;
 
-    // Config: issuer and algorithms; keys are kept (placeholder when none).
+    // Config: issuer, algorithms and the key source, switched in one write.
     let fields = register::base_fields(&spec.issuer, &spec.role);
-    let outcome = register::ensure_config(v, target, &fields).await?;
+    let current = register::read_config(v, &spec.mount).await?;
+    let (keys, source) = match (spec.keys, &spec.jwks_url) {
+        (Some(KeysMode::Jwks), Some(url)) => {
+            let ca = spec.jwks_ca_pem.as_deref();
+            let k = migrate::jwks_keys(v, &target.registry, url, ca, spec.jwks_wait).await?;
+            (k, format!("keys from {url}"))
+        }
+        // No --keys on a JWKS-mode mount: stay there, same URL and CA.
+        (None, _) if current.as_ref().is_some_and(|c| c.jwks_url().is_some()) => {
+            let c = current.as_ref();
+            let field = |k| {
+                c.and_then(|c| c.field(k))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            };
+            let url = field("jwks_url").unwrap_or_default();
+            let ca_pem = field("jwks_ca_pem").filter(|p| !p.is_empty());
+            let source = format!("keys from {url}");
+            (register::Keys::Jwks { url, ca_pem }, source)
+        }
+        _ => (
+            migrate::static_keys(v, &target.registry).await?,
+            "static keys".to_string(),
+        ),
+    };
+    let outcome = register::ensure_config(v, target, &fields, &keys).await?;
     steps.push(step(
         format!("auth/{}/config", spec.mount),
         outcome,
-        format!("ES256, bound_issuer {}", spec.issuer),
+        format!("ES256, bound_issuer {}, {source}", spec.issuer),
     ));
 
     let main = [TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()];
@@ -212,41 +249,54 @@ pub async fn init(
         }
     }
 
+    // The discovery server's token reads the registry and nothing else.
+    let paths = policy::Paths {
+        mount: spec.mount.clone(),
+        pki_mount: spec.pki_mount.clone(),
+        kv_mount: spec.kv_mount.clone(),
+        lock_path: String::new(),
+    };
+    let name = paths.discovery_policy_name();
+    let text = paths.discovery();
+    steps.push(ensure_policy(v, &name, |_| text.clone(), "reads the node registry").await?);
+
     // Templated policies, one block per cluster mount accessor.
     for name in &policies {
         let name = name.as_str();
-        let path = format!("sys/policy/{name}");
-        let current = absent_as_none(
-            v.call("read a policy", &path, || {
-                sys::policy::read(v.client(), name)
-            })
-            .await,
-        )?
-        .map(|p| p.rules);
-        let text = policy::merge(
-            current.as_deref().unwrap_or(""),
-            name,
-            &spec.kv_mount,
-            &accessor,
-        );
-        let outcome = match &current {
-            Some(c) if c.trim() == text.trim() => "found",
-            Some(_) => "updated",
-            None => "created",
-        };
-        if outcome != "found" {
-            v.call("write a policy", &path, || {
-                sys::policy::set(v.client(), name, &text)
-            })
-            .await?;
-        }
-        steps.push(step(
-            format!("policy {name}"),
-            outcome,
-            format!("accessor {accessor}"),
-        ));
+        let merge = |cur: &str| policy::merge(cur, name, &spec.kv_mount, &accessor);
+        steps.push(ensure_policy(v, name, merge, &format!("accessor {accessor}")).await?);
     }
     Ok(steps)
+}
+
+/// Writes policy `name` as `text(current)` unless it already is that.
+async fn ensure_policy(
+    v: &Vault,
+    name: &str,
+    text: impl Fn(&str) -> String,
+    detail: &str,
+) -> Result<Step, ClusterError> {
+    let path = format!("sys/policy/{name}");
+    let current = absent_as_none(
+        v.call("read a policy", &path, || {
+            sys::policy::read(v.client(), name)
+        })
+        .await,
+    )?
+    .map(|p| p.rules);
+    let text = text(current.as_deref().unwrap_or(""));
+    let outcome = match &current {
+        Some(c) if c.trim() == text.trim() => "found",
+        Some(_) => "updated",
+        None => "created",
+    };
+    if outcome != "found" {
+        v.call("write a policy", &path, || {
+            sys::policy::set(v.client(), name, &text)
+        })
+        .await?;
+    }
+    Ok(step(format!("policy {name}"), outcome, detail))
 }
 
 /// The role `role` with `policies`, written in full unless Vault already

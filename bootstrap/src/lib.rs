@@ -9,12 +9,18 @@
 pub mod cli;
 mod cluster;
 pub mod csr;
+mod discovery;
+mod jwks;
 mod lock;
+mod membership;
+mod migrate;
 mod node;
 mod pki;
 mod policy;
 mod register;
+mod registry;
 mod vault;
+mod view;
 
 pub use cli::{Cli, run};
 
@@ -29,6 +35,12 @@ pub enum Error {
     Node(#[from] node::NodeError),
     #[error(transparent)]
     Csr(#[from] csr::CsrError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    View(#[from] view::ViewError),
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
     #[error("no node name: pass --node or set NODE_NAME")]
     NoNodeName,
     #[error("{0}")]

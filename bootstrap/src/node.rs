@@ -12,12 +12,13 @@ use std::time::SystemTime;
 
 use jss::chain::{self, Chain, ChainError};
 use jss::signer::{self, KeyOrigin, KeyPolicy, NodePublicKey, Signer, SignerConfig, SignerError};
-use p256::pkcs8::DecodePublicKey as _;
 use x509_cert::der::Encode as _;
 
 use crate::csr::{self, CsrError, NodeIdentity};
+use crate::jwks::JwksError;
 use crate::pki;
-use crate::register::{self, Change, RegisterError, Target};
+use crate::register::{self, Change, MountConfig, RegisterError, Target};
+use crate::registry::{NodeRecord, Put, RegistryError};
 use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,14 @@ pub enum NodeError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Register(#[from] RegisterError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+    #[error(
+        "no node {node:?} in the registry of auth/{mount}: `jss-bootstrap cluster status --cluster ...` lists the registered nodes"
+    )]
+    UnknownNode { node: String, mount: String },
     #[error("{mount}/ has no root CA: run `jss-bootstrap cluster init` first")]
     NoRoot { mount: String },
     #[error("Vault's root CA in {mount}/ is not a PEM certificate: {reason}")]
@@ -61,6 +70,7 @@ macro_rules! say {
         let _ = writeln!($out, $($arg)*);
     };
 }
+pub(crate) use say;
 
 /// What register/renew/sign need beyond the Vault connection.
 #[derive(Debug, Clone)]
@@ -87,7 +97,7 @@ pub fn open_key(
 
 /// Reads the root CA and checks the mount is initialised: the first Vault
 /// calls, made before anything is written locally.
-async fn preflight(v: &Vault, spec: &SignSpec) -> Result<Vec<u8>, NodeError> {
+async fn preflight(v: &Vault, spec: &SignSpec) -> Result<(Vec<u8>, MountConfig), NodeError> {
     let root = pki::root_ca(v, &spec.pki_mount)
         .await?
         .ok_or_else(|| NodeError::NoRoot {
@@ -105,16 +115,8 @@ async fn preflight(v: &Vault, spec: &SignSpec) -> Result<Vec<u8>, NodeError> {
         .ok_or_else(|| bad_root("no certificate in the answer".into()))?
         .to_der()
         .map_err(|e| bad_root(e.to_string()))?;
-    if register::read_config(v, &spec.target.mount)
-        .await?
-        .is_none()
-    {
-        return Err(RegisterError::NotInitialised {
-            mount: spec.target.mount.clone(),
-        }
-        .into());
-    }
-    Ok(root_der)
+    let cfg = register::read_initialised(v, &spec.target.mount).await?;
+    Ok((root_der, cfg))
 }
 
 /// Whether the chain ends in the given root certificate.
@@ -136,7 +138,7 @@ pub async fn register(
     force: bool,
     out: &mut dyn Write,
 ) -> Result<(), NodeError> {
-    let root_der = preflight(v, spec).await?;
+    let (root_der, cfg) = preflight(v, spec).await?;
     let signer = open_key(key_cfg, KeyPolicy::CreateIfMissing, out)?;
     let key = signer.public_key().clone();
     let dir = &key_cfg.state_dir;
@@ -176,7 +178,7 @@ pub async fn register(
             }
         }
     });
-    match keep {
+    let chain = match keep {
         Some(c) => {
             say!(
                 out,
@@ -184,6 +186,7 @@ pub async fn register(
                 c.subject(),
                 unix_to_string(c.not_after_unix())
             );
+            c.clone()
         }
         None => {
             // The TPM signs here: blocking, but this is a one-shot CLI.
@@ -197,10 +200,67 @@ pub async fn register(
                 unix_to_string(c.not_after_unix()),
                 dir.join(chain::CHAIN_FILE).display()
             );
+            c
         }
+    };
+    let rec = record(&id.node, &key, &chain, signer.binding());
+    publish(v, &spec.target, &cfg, rec, out).await
+}
+
+/// The registry record of a node key and its chain.
+fn record(
+    node: &str,
+    key: &NodePublicKey,
+    c: &Chain,
+    binding: Option<signer::PcrBinding>,
+) -> NodeRecord {
+    use x509_cert::der::EncodePem as _;
+    let leaf = c
+        .certificates()
+        .first()
+        .and_then(|l| l.to_pem(x509_cert::der::pem::LineEnding::LF).ok())
+        .unwrap_or_default();
+    NodeRecord::new(node, key, leaf, c.not_after_unix(), binding)
+}
+
+/// Writes the registry record, then (static mode) adds the key to the mount.
+/// In JWKS mode the record is all: the discovery server serves it.
+async fn publish(
+    v: &Vault,
+    target: &Target,
+    cfg: &MountConfig,
+    rec: NodeRecord,
+    out: &mut dyn Write,
+) -> Result<(), NodeError> {
+    let key = rec.public_key();
+    let (node, kid) = (rec.node.clone(), rec.kid.clone());
+    let put = target.registry.put(v, rec).await?;
+    let verb = match put {
+        Put::Found => "found   ",
+        Put::Created => "created ",
+        Put::Renewed => "renewed ",
+        Put::Replaced => "replaced",
+    };
+    say!(
+        out,
+        "{verb} registry record {node} (kid {kid}) in {}/{}",
+        target.registry.kv_mount,
+        target.registry.folder()
+    );
+    match (cfg.jwks_url(), key) {
+        (Some(url), _) => {
+            say!(
+                out,
+                "jwks     auth/{} reads the keys from {url}",
+                target.mount
+            );
+        }
+        (None, Some(key)) => {
+            let change = register::add(v, target, &key).await?;
+            report_change(out, &target.mount, &key, change);
+        }
+        (None, None) => {}
     }
-    let change = register::add(v, &spec.target, &key).await?;
-    report_change(out, &spec.target.mount, &key, change);
     Ok(())
 }
 
@@ -224,7 +284,7 @@ async fn sign_and_check(
     Ok(Chain::from_pem(&pem, key)?)
 }
 
-fn report_change(out: &mut dyn Write, mount: &str, key: &NodePublicKey, change: Change) {
+pub(crate) fn report_change(out: &mut dyn Write, mount: &str, key: &NodePublicKey, change: Change) {
     match change {
         Change::Added { total } => {
             say!(
@@ -255,84 +315,6 @@ fn report_change(out: &mut dyn Write, mount: &str, key: &NodePublicKey, change: 
             );
         }
     }
-}
-
-/// The key to deregister: from a PEM file, or the node key in the state dir.
-pub fn key_for_deregister(
-    public_key: Option<&Path>,
-    key_cfg: &SignerConfig,
-    out: &mut dyn Write,
-) -> Result<NodePublicKey, NodeError> {
-    match public_key {
-        Some(p) => {
-            let pem = std::fs::read_to_string(p).map_err(|source| NodeError::Io {
-                what: "read",
-                path: p.to_path_buf(),
-                source,
-            })?;
-            p256::PublicKey::from_public_key_pem(pem.trim())
-                .map(NodePublicKey::new)
-                .map_err(|e| NodeError::BadPublicKey {
-                    path: p.to_path_buf(),
-                    reason: e.to_string(),
-                })
-        }
-        None => Ok(open_key(key_cfg, KeyPolicy::MustExist, out)?
-            .public_key()
-            .clone()),
-    }
-}
-
-/// `node deregister`.
-pub async fn deregister(
-    v: &Vault,
-    target: &Target,
-    key: &NodePublicKey,
-    out: &mut dyn Write,
-) -> Result<(), NodeError> {
-    let change = register::remove(v, target, key).await?;
-    report_change(out, &target.mount, key, change);
-    Ok(())
-}
-
-/// `node status`: the local facts, then Vault's view if a connection is given.
-pub async fn status(
-    key_cfg: &SignerConfig,
-    vault: Option<(&Vault, &str)>,
-    out: &mut dyn Write,
-) -> Result<(), NodeError> {
-    let (s, _) = signer::open(key_cfg, KeyPolicy::MustExist)?;
-    say!(out, "backend:      {}", s.backend());
-    say!(out, "kid:          {}", s.kid());
-    match Chain::load(&key_cfg.state_dir, s.public_key()) {
-        Ok(c) => {
-            let left = c.remaining_fraction(SystemTime::now()) * 100.0;
-            say!(out, "certificate:  {}", c.subject());
-            say!(
-                out,
-                "valid:        {} to {} ({left:.0}% left)",
-                unix_to_string(c.not_before_unix()),
-                unix_to_string(c.not_after_unix())
-            );
-        }
-        Err(e) => {
-            say!(out, "certificate:  none ({e})");
-        }
-    }
-    if let Some((v, mount)) = vault {
-        let registered = register::is_registered(v, mount, s.public_key()).await?;
-        say!(
-            out,
-            "registered:   {} (auth/{mount})",
-            if registered { "yes" } else { "no" }
-        );
-    } else {
-        say!(
-            out,
-            "registered:   unknown (pass --cluster and a Vault token to check)"
-        );
-    }
-    Ok(())
 }
 
 /// `node csr`: on the node, without Vault credentials.
@@ -381,7 +363,7 @@ pub async fn sign(
             cluster: cluster.into(),
         });
     }
-    preflight(v, spec).await?;
+    let (_, cfg) = preflight(v, spec).await?;
     let c = sign_and_check(v, spec, &req.pem, &req.identity.node, &req.key).await?;
     jss::state::write_atomic(out_path, c.pem().as_bytes(), 0o644).map_err(|source| {
         NodeError::State {
@@ -396,9 +378,9 @@ pub async fn sign(
         unix_to_string(c.not_after_unix()),
         out_path.display()
     );
-    let change = register::add(v, &spec.target, &req.key).await?;
-    report_change(out, &spec.target.mount, &req.key, change);
-    Ok(())
+    // The CSR does not say whether the key is bound to PCRs.
+    let rec = record(&req.identity.node, &req.key, &c, None);
+    publish(v, &spec.target, &cfg, rec, out).await
 }
 
 /// `node install-chain`: back on the node.

@@ -94,6 +94,9 @@ pub fn merge(existing: &str, policy: &str, kv_mount: &str, accessor: &str) -> St
     out
 }
 
+/// Capabilities on registry records for commands that write them.
+const RECORD_WRITE: &str = "\"create\", \"read\", \"update\"";
+
 /// What the commands touch, to name in the minimal policies.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -112,6 +115,30 @@ impl Paths {
         )
     }
 
+    /// The node registry: `caps` on the records, list on the folder.
+    fn registry(&self, caps: &str) -> String {
+        format!(
+            "path \"{kv}/data/jss/registry/{m}/*\" {{\n  capabilities = [{caps}]\n}}\npath \"{kv}/metadata/jss/registry/{m}/*\" {{\n  capabilities = [\"read\", \"list\"{del}]\n}}\npath \"{kv}/metadata/jss/registry/{m}\" {{\n  capabilities = [\"list\"]\n}}\n",
+            kv = self.kv_mount,
+            m = self.mount,
+            del = if caps.contains("update") {
+                ", \"delete\""
+            } else {
+                ""
+            },
+        )
+    }
+
+    /// `discovery serve` and `cluster jwks`: read the registry, nothing else.
+    pub fn discovery(&self) -> String {
+        self.registry("\"read\"")
+    }
+
+    /// Name of the policy `cluster init` writes for the discovery server.
+    pub fn discovery_policy_name(&self) -> String {
+        format!("jss-discovery-{}", self.mount)
+    }
+
     fn config(&self) -> String {
         format!(
             "path \"auth/{}/config\" {{\n  capabilities = [\"read\", \"update\"]\n}}\n",
@@ -122,32 +149,42 @@ impl Paths {
     /// `node register`, `node renew`, `node sign`.
     pub fn register(&self) -> String {
         format!(
-            "path \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/sign-intermediate\" {{\n  capabilities = [\"update\"]\n}}\n{}{}",
+            "path \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/sign-intermediate\" {{\n  capabilities = [\"update\"]\n}}\n{}{}{}",
             self.config(),
             self.lock(),
+            self.registry(RECORD_WRITE),
             pki = self.pki_mount
         )
     }
 
     /// `node deregister`.
     pub fn deregister(&self) -> String {
-        format!("{}{}", self.config(), self.lock())
+        format!(
+            "{}{}{}",
+            self.config(),
+            self.lock(),
+            self.registry(RECORD_WRITE)
+        )
     }
 
-    /// `node status`.
+    /// `node status`, `cluster status`.
     pub fn status(&self) -> String {
         format!(
-            "path \"auth/{}/config\" {{\n  capabilities = [\"read\"]\n}}\npath \"{}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\n",
-            self.mount, self.pki_mount
+            "path \"auth/{}/config\" {{\n  capabilities = [\"read\"]\n}}\npath \"{}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\n{}",
+            self.mount,
+            self.pki_mount,
+            self.discovery()
         )
     }
 
     /// `cluster init`.
     pub fn cluster_init(&self) -> String {
         format!(
-            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/tsi-*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}",
+            "path \"sys/mounts\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/mounts/{pki}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"sys/mounts/{kv}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\npath \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/generate/internal\" {{\n  capabilities = [\"update\"]\n}}\npath \"sys/auth\" {{\n  capabilities = [\"read\"]\n}}\npath \"sys/auth/{m}\" {{\n  capabilities = [\"create\", \"update\", \"sudo\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{all}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{ri}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/{disc}\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\npath \"sys/policy/tsi-*\" {{\n  capabilities = [\"create\", \"read\", \"update\"]\n}}\n{}{}{}",
             self.config(),
             self.lock(),
+            self.discovery(),
+            disc = self.discovery_policy_name(),
             pki = self.pki_mount,
             kv = self.kv_mount,
             m = self.mount,

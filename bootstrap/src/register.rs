@@ -39,6 +39,8 @@ pub struct Target {
     pub lock: LockSpec,
     /// Identifies this registrant in the lock document.
     pub holder: String,
+    /// The cluster's node registry.
+    pub registry: crate::registry::Registry,
 }
 
 /// The mount's config as read: every field, and the keys split out.
@@ -62,6 +64,23 @@ impl MountConfig {
     pub fn contains(&self, key: &NodePublicKey) -> bool {
         self.keys.iter().any(|k| same_key(k, key))
     }
+
+    /// The JWKS URL when the mount validates tokens against one (JWKS mode).
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.fields
+            .get("jwks_url")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+    }
+}
+
+/// Where a mount's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys {
+    /// `jwt_validation_pubkeys`; these registry keys (SPKI PEM) are added.
+    Static { registry: Vec<String> },
+    /// `jwks_url` (and the CA that verifies it, PEM).
+    Jwks { url: String, ca_pem: Option<String> },
 }
 
 /// What a change did.
@@ -118,6 +137,15 @@ pub async fn read_config(v: &Vault, mount: &str) -> Result<Option<MountConfig>, 
     Ok(Some(MountConfig { fields, keys }))
 }
 
+/// Reads the config of a mount `cluster init` has set up.
+pub async fn read_initialised(v: &Vault, mount: &str) -> Result<MountConfig, RegisterError> {
+    read_config(v, mount)
+        .await?
+        .ok_or_else(|| RegisterError::NotInitialised {
+            mount: mount.to_string(),
+        })
+}
+
 fn split_pems(s: &str) -> Vec<String> {
     s.split(',')
         .map(|p| p.trim().to_string())
@@ -143,12 +171,17 @@ pub async fn write_config(
         })
         .map(|(k, val)| (k.clone(), val.clone()))
         .collect();
-    let joined = if keys.is_empty() {
-        placeholder_key().spki_pem()
+    // The mount takes exactly one key source: a JWKS URL or the key list.
+    if body.contains_key("jwks_url") {
+        body.remove("jwt_validation_pubkeys");
     } else {
-        keys.iter().map(|k| k.trim()).collect::<Vec<_>>().join(",")
-    };
-    body.insert("jwt_validation_pubkeys".into(), Value::String(joined));
+        let joined = if keys.is_empty() {
+            placeholder_key().spki_pem()
+        } else {
+            keys.iter().map(|k| k.trim()).collect::<Vec<_>>().join(",")
+        };
+        body.insert("jwt_validation_pubkeys".into(), Value::String(joined));
+    }
     let path = format!("auth/{mount}/config");
     v.raw(
         &format!("write {path}"),
@@ -180,11 +213,7 @@ where
 {
     let held = lock::acquire(v, &t.lock, &t.holder).await?;
     let result = async {
-        let cfg = read_config(v, &t.mount)
-            .await?
-            .ok_or_else(|| RegisterError::NotInitialised {
-                mount: t.mount.clone(),
-            })?;
+        let cfg = read_initialised(v, &t.mount).await?;
         let (new_keys, change) = f(&cfg);
         if let Some(keys) = new_keys {
             if !held.still_ours() {
@@ -238,53 +267,104 @@ pub async fn remove(v: &Vault, t: &Target, key: &NodePublicKey) -> Result<Change
     .await
 }
 
-/// Whether `key` is registered (no lock: a read).
-pub async fn is_registered(
-    v: &Vault,
-    mount: &str,
-    key: &NodePublicKey,
-) -> Result<bool, RegisterError> {
-    let cfg = read_config(v, mount)
-        .await?
-        .ok_or_else(|| RegisterError::NotInitialised {
-            mount: mount.to_string(),
-        })?;
-    Ok(cfg.contains(key))
+/// Rewrites the config unchanged (under the lock): OpenBao then drops the
+/// key set it fetched from `jwks_url` and fetches it again at the next login.
+pub async fn rewrite(v: &Vault, t: &Target) -> Result<(), RegisterError> {
+    modify(v, t, |cfg| {
+        let keys: Vec<String> = cfg.node_keys().into_iter().cloned().collect();
+        let total = keys.len();
+        (Some(keys), Change::AlreadyPresent { total })
+    })
+    .await
+    .map(|_| ())
 }
 
-/// Creates the config or brings `fields` up to date, keeping the keys
-/// (under the lock). Returns "created", "updated" or "found".
+/// The fields of `cfg` with `fields` and the key source `keys` applied, the
+/// keys to write, and whether that differs from `cfg`.
+fn apply(
+    cfg: &MountConfig,
+    fields: &Map<String, Value>,
+    keys: &Keys,
+) -> (Map<String, Value>, Vec<String>, bool) {
+    let mut merged = cfg.fields.clone();
+    merged.extend(fields.clone());
+    let mut node_keys: Vec<String> = cfg.node_keys().into_iter().cloned().collect();
+    let mut changed = !fields
+        .iter()
+        .all(|(k, want)| same_field(cfg.field(k), want));
+    match keys {
+        Keys::Jwks { url, ca_pem } => {
+            changed |= cfg.jwks_url() != Some(url.as_str());
+            merged.insert("jwks_url".into(), Value::String(url.clone()));
+            let ca = ca_pem.clone().unwrap_or_default();
+            changed |= cfg
+                .field("jwks_ca_pem")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                != ca;
+            merged.insert("jwks_ca_pem".into(), Value::String(ca));
+            merged.remove("jwt_validation_pubkeys");
+        }
+        Keys::Static { registry } => {
+            changed |= cfg.jwks_url().is_some();
+            merged.remove("jwks_url");
+            merged.remove("jwks_ca_pem");
+            for pem in registry {
+                let present = p256::PublicKey::from_public_key_pem(pem.trim())
+                    .is_ok_and(|k| cfg.contains(&NodePublicKey::new(k)));
+                if !present {
+                    node_keys.push(pem.trim().to_string());
+                    changed = true;
+                }
+            }
+        }
+    }
+    (merged, node_keys, changed)
+}
+
+/// A field as Vault reports it (lists as arrays) against the string written.
+fn same_field(got: Option<&Value>, want: &Value) -> bool {
+    match got {
+        Some(Value::Array(a)) => {
+            let joined: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+            Some(joined.join(",").as_str()) == want.as_str()
+        }
+        got => got == Some(want),
+    }
+}
+
+/// Creates the config or brings `fields` and the key source up to date, in
+/// one write (so no valid token is refused by a switch), under the lock.
+/// Returns "created", "updated" or "found".
 pub async fn ensure_config(
     v: &Vault,
     t: &Target,
     fields: &Map<String, Value>,
+    keys: &Keys,
 ) -> Result<&'static str, RegisterError> {
     let held = lock::acquire(v, &t.lock, &t.holder).await?;
     let result = async {
-        let outcome = match read_config(v, &t.mount).await? {
-            None => {
-                write_config(v, &t.mount, fields, &[]).await?;
-                "created"
-            }
-            Some(cfg) => {
-                let same = fields.iter().all(|(k, want)| match cfg.field(k) {
-                    Some(Value::Array(a)) => {
-                        let joined: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-                        Some(joined.join(",").as_str()) == want.as_str()
-                    }
-                    got => got == Some(want),
-                });
-                if same {
-                    "found"
-                } else {
-                    let mut merged = cfg.fields.clone();
-                    merged.extend(fields.clone());
-                    let keys: Vec<String> = cfg.node_keys().into_iter().cloned().collect();
-                    write_config(v, &t.mount, &merged, &keys).await?;
-                    "updated"
-                }
-            }
+        let cfg = read_config(v, &t.mount).await?;
+        let (outcome, cfg) = match cfg {
+            None => (
+                "created",
+                MountConfig {
+                    fields: Map::new(),
+                    keys: Vec::new(),
+                },
+            ),
+            Some(cfg) => ("updated", cfg),
         };
+        let (merged, node_keys, changed) = apply(&cfg, fields, keys);
+        if outcome == "updated" && !changed {
+            return Ok("found");
+        }
+        if !held.still_ours() {
+            return Err(RegisterError::LockLost {
+                mount: t.mount.clone(),
+            });
+        }
+        write_config(v, &t.mount, &merged, &node_keys).await?;
         Ok::<_, RegisterError>(outcome)
     }
     .await;
@@ -308,6 +388,45 @@ mod tests {
         };
         assert!(cfg.contains(&a));
         assert!(cfg.node_keys().is_empty());
+    }
+
+    #[test]
+    fn switching_the_key_source_changes_exactly_the_key_fields() {
+        let key = NodePublicKey::new(p256::SecretKey::random(&mut rand_core::OsRng).public_key());
+        let base = base_fields("jss://c", "jss");
+        let mut fields = base.clone();
+        fields.insert("jwt_validation_pubkeys".into(), json!([key.spki_pem()]));
+        let static_cfg = MountConfig {
+            fields,
+            keys: vec![key.spki_pem()],
+        };
+        let jwks = Keys::Jwks {
+            url: "https://d/keys".into(),
+            ca_pem: Some("CA".into()),
+        };
+        let (merged, _, changed) = apply(&static_cfg, &base, &jwks);
+        assert!(changed);
+        assert_eq!(merged["jwks_url"], "https://d/keys");
+        assert_eq!(merged["jwks_ca_pem"], "CA");
+        assert!(!merged.contains_key("jwt_validation_pubkeys"));
+
+        let jwks_cfg = MountConfig {
+            fields: merged,
+            keys: Vec::new(),
+        };
+        assert!(
+            !apply(&jwks_cfg, &base, &jwks).2,
+            "same URL and CA: nothing to write"
+        );
+        let back = Keys::Static {
+            registry: vec![key.spki_pem()],
+        };
+        let (merged, keys, changed) = apply(&jwks_cfg, &base, &back);
+        assert!(changed);
+        assert!(!merged.contains_key("jwks_url") && !merged.contains_key("jwks_ca_pem"));
+        assert_eq!(keys, vec![key.spki_pem().trim().to_string()]);
+        // Static with every registry key present: nothing to write.
+        assert!(!apply(&static_cfg, &base, &back).2);
     }
 
     #[test]

@@ -26,7 +26,15 @@ use jss::server::{Code, Refusal};
 use jss::signer::NodePublicKey;
 
 /// Every target, as named under `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: &[&str] = &["cgroup", "proc_stat", "podlist", "http", "chain", "csr"];
+pub const TARGETS: &[&str] = &[
+    "cgroup",
+    "proc_stat",
+    "podlist",
+    "http",
+    "chain",
+    "csr",
+    "admission",
+];
 
 /// Runs `data` through the target called `name`.
 pub fn run(name: &str, data: &[u8]) {
@@ -37,6 +45,7 @@ pub fn run(name: &str, data: &[u8]) {
         "http" => http(data),
         "chain" => chain(data),
         "csr" => csr(data),
+        "admission" => admission(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -265,5 +274,41 @@ pub fn csr(data: &[u8]) {
     let pem = String::from_utf8_lossy(data);
     if let Ok(v) = jss_bootstrap::csr::verify(&pem, "fuzz") {
         let _ = (v.identity.subject(), v.identity.uri(), v.key.jwk());
+    }
+}
+
+/// jss-injector: the bytes as a `/mutate` body (`review::decode`, then
+/// `mutate::respond` with the default settings) and as the text of a
+/// `tsi.secrets` annotation (`annotations::parse_items`). A response must
+/// be a v1 AdmissionReview for the request's uid; a checked item's file must
+/// stay below /tsi-secrets.
+pub fn admission(data: &[u8]) {
+    use jss_injector::config::{Config, FileConfig, Overrides};
+    use jss_injector::{annotations, mutate, review};
+
+    if let Ok(req) = review::decode(data) {
+        let cfg = Config::build(FileConfig::default(), Overrides::default())
+            .unwrap_or_else(|e| panic!("default injector config: {e}"));
+        let (outcome, body) = mutate::respond(&req, &cfg.inject);
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("response not JSON: {e}"));
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["response"]["uid"].as_str(), Some(req.uid.as_str()));
+        let allowed = v["response"]["allowed"] == true;
+        assert_eq!(allowed, outcome != mutate::Outcome::Refused, "{v}");
+        assert_eq!(
+            v["response"]["patch"].is_string(),
+            outcome == mutate::Outcome::Patched,
+            "{v}"
+        );
+    }
+    if let Ok(items) = annotations::parse_items("tsi.secrets", &String::from_utf8_lossy(data)) {
+        for item in items {
+            assert!(
+                !item.file.starts_with('/')
+                    && !item.file.split('/').any(|c| c == ".." || c.is_empty()),
+                "{item:?}"
+            );
+        }
     }
 }

@@ -100,6 +100,100 @@ impl Bao {
         panic!("OpenBao dev server did not start: {last}");
     }
 
+    /// Starts a raft-backed server (data on disk, the 1 MiB entry limit of
+    /// real deployments), initialised with one unseal key and unsealed; a
+    /// token with id `root` is created so [`Self::ok`] works as with `-dev`.
+    pub fn start_raft() -> Self {
+        let bin = find_bao();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let port = net::free_port_pair();
+        std::fs::write(dir.path().join("root-token"), ROOT_TOKEN)
+            .unwrap_or_else(|e| panic!("write token file: {e}"));
+        let data = dir.path().join("raft");
+        std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("raft dir: {e}"));
+        let cfg = format!(
+            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"bench\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{}\"\ndisable_mlock = true\n",
+            data.display(),
+            port + 1,
+            port + 1
+        );
+        let cfg_path = dir.path().join("bao.hcl");
+        std::fs::write(&cfg_path, cfg).unwrap_or_else(|e| panic!("write raft config: {e}"));
+        let log = std::fs::File::create(dir.path().join("bao.log"))
+            .unwrap_or_else(|e| panic!("bao log: {e}"));
+        let child = Command::new(&bin)
+            .arg("server")
+            .arg(format!("-config={}", cfg_path.display()))
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_ADDR")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let s = Self {
+            child: Some(child),
+            port,
+            dir,
+            bin,
+        };
+        let log = || std::fs::read_to_string(s.dir.path().join("bao.log")).unwrap_or_default();
+        if !net::wait_for_port(port, Duration::from_secs(30)) {
+            panic!("raft-backed OpenBao did not listen: {}", log());
+        }
+        let init = s.run(
+            "",
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
+        assert!(
+            init.status.success(),
+            "operator init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&init.stdout)
+            .unwrap_or_else(|e| panic!("operator init output: {e}"));
+        let key = v["unseal_keys_b64"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let root = v["root_token"].as_str().unwrap_or_default().to_string();
+        let unseal = s.run("", &["operator", "unseal", &key]);
+        assert!(
+            unseal.status.success(),
+            "unseal: {}",
+            String::from_utf8_lossy(&unseal.stderr)
+        );
+        // Until raft elects itself leader, writes fail: retry the token.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = s.run(
+                &root,
+                &[
+                    "token",
+                    "create",
+                    &format!("-id={ROOT_TOKEN}"),
+                    "-policy=root",
+                ],
+            );
+            if o.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "raft-backed OpenBao never became active: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        s.ok(&["secrets", "enable", "-path=secret", "-version=2", "kv"]);
+        s
+    }
+
     fn still_running(&mut self) -> bool {
         self.child
             .as_mut()

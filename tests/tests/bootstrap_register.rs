@@ -252,6 +252,8 @@ path "pki/root/sign-intermediate" { capabilities = ["update"] }
 path "auth/jss-c1/config" { capabilities = ["read"] }
 path "secret/data/jss/locks/jss-c1" { capabilities = ["create", "read", "update"] }
 path "secret/metadata/jss/locks/jss-c1" { capabilities = ["read"] }
+path "secret/data/jss/registry/jss-c1/*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/jss/registry/jss-c1/*" { capabilities = ["read"] }
 "#,
     );
     let file = bao.token_file("partial", &partial);

@@ -709,7 +709,13 @@ fn base_kustomization_renders_the_daemonset_as_designed() {
         assert!(c["resources"]["limits"]["memory"].is_string());
     }
     let socket = cfg["socket"].as_str().unwrap();
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+    // Liveness and startup: the daemon serves. Readiness: it can also sign
+    // (a key whose PCR policy no longer matches is live, not ready).
+    assert_eq!(
+        strings(&main["readinessProbe"]["exec"]["command"]),
+        ["jss", "health", "--ready", "--socket", socket]
+    );
+    for probe in ["startupProbe", "livenessProbe"] {
         assert_eq!(
             strings(&main[probe]["exec"]["command"]),
             ["jss", "health", "--socket", socket],

@@ -158,6 +158,24 @@ fn seeds_reach_the_success_paths() {
     assert!(answer("post-too-large").starts_with("HTTP/1.1 413 "));
     assert!(answer("post-slow-body").starts_with("HTTP/1.1 408 "));
     assert!(answer("bad-method").starts_with("HTTP/1.1 405 "));
+
+    use jss_injector::config::{Config, FileConfig, Overrides};
+    use jss_injector::mutate::{Outcome, respond};
+    let inject = Config::build(FileConfig::default(), Overrides::default())
+        .unwrap()
+        .inject;
+    for (name, want) in [
+        ("review-tsi-article-pod.json", Outcome::Patched),
+        ("review-job-pod.json", Outcome::Patched),
+        ("review-not-annotated.json", Outcome::Unchanged),
+        ("review-update.json", Outcome::Ignored),
+        ("review-refused-escape.json", Outcome::Refused),
+    ] {
+        let req = jss_injector::review::decode(&seed("admission", name)).unwrap();
+        assert_eq!(respond(&req, &inject).0, want, "{name}");
+    }
+    let article = String::from_utf8(seed("admission", "annotation-tsi-article-pod.yaml")).unwrap();
+    assert!(jss_injector::annotations::parse_items("tsi.secrets", &article).is_ok());
 }
 
 #[test]
@@ -188,6 +206,11 @@ fn replay_chain() {
 #[test]
 fn replay_csr() {
     assert!(replay("csr") > 0);
+}
+
+#[test]
+fn replay_admission() {
+    assert!(replay("admission") > 0);
 }
 
 /// The harness itself: a request that never ends must be cut off by the

@@ -58,7 +58,7 @@ fn read_proc(pid: u32, file: &str) -> anyhow::Result<String> {
 }
 
 /// The process's peak resident set (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = read_proc(pid, "status")?;
     let kb: f64 = status
         .lines()

@@ -1,7 +1,7 @@
 //! A minimal HTTP/1.1 keep-alive client: the load generators must cost as
 //! little as possible next to the server they measure.
 
-use std::io::{BufRead as _, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 
 pub struct Conn<S: Read + Write> {
     reader: BufReader<S>,
@@ -18,32 +18,7 @@ impl<S: Read + Write + std::os::fd::AsFd> Conn<S> {
     pub fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         self.reader.get_mut().write_all(request)?;
         wait_readable(self.reader.get_ref())?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::other("connection closed in headers"));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.reader.read_exact(&mut body)?;
-        Ok((status, body))
+        jss_tests::net::read_response(&mut self.reader)
     }
 }
 

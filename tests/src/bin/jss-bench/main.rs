@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao|secrets] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -13,13 +13,18 @@
 //!   1/16/64 clients.
 //! - attest: attestation alone against a 110-pod kubelet list.
 //! - openbao: OpenBao's own identity tokens at the same concurrency.
+//! - scale: static keys vs JWKS mode at 1 to 20,000 nodes (not in `all`:
+//!   minutes of setup on a raft-backed OpenBao).
 //! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
 //!   written), the sidecar's RSS and CPU per refresh and while idle.
+//! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
 
 mod attest;
 mod e2e;
 mod http;
+mod injector;
 mod openbao;
+mod scale;
 mod secrets;
 mod sign;
 
@@ -163,6 +168,28 @@ fn print_ratios(f: &mut Figures) {
     }
 }
 
+/// The injector's targets (README.md, "The injector").
+fn print_injector_targets(f: &Figures) {
+    let best = [1, 4, 16]
+        .iter()
+        .filter_map(|c| f.get(&format!("injector.c{c}.reviews_per_s")))
+        .fold(f64::NAN, |m, v| m.max(*v));
+    if best.is_finite() {
+        println!("{:<52}: {best:>8.0}  >= 2000", "injector, best reviews/s");
+    }
+    for c in [1, 4] {
+        if let Some(p99) = f.get(&format!("injector.c{c}.p99_ms")) {
+            println!(
+                "{:<52}: {p99:>8.2}  <= 2 ms",
+                format!("injector p99 ms, {c} clients")
+            );
+        }
+    }
+    if let Some(rss) = f.get("injector.peak_rss_mib") {
+        println!("{:<52}: {rss:>8.1}  <= 20 MiB", "injector peak RSS (MiB)");
+    }
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("jss-bench: {e:#}");
@@ -209,8 +236,14 @@ fn run() -> anyhow::Result<()> {
         if matches!(what, "e2e" | "all") {
             figures.extend(e2e::run(seconds)?);
         }
+        if what == "scale" {
+            figures.extend(scale::run(seconds)?);
+        }
         if matches!(what, "secrets" | "all") {
             figures.extend(secrets::run(seconds));
+        }
+        if matches!(what, "injector" | "all") {
+            figures.extend(injector::run(seconds));
         }
         passes.push(figures);
     }
@@ -222,6 +255,7 @@ fn run() -> anyhow::Result<()> {
         }
     }
     print_ratios(&mut figures);
+    print_injector_targets(&figures);
     if let Some(i) = args.iter().position(|a| a == "--out") {
         let path = args.get(i + 1).context("--out needs a FILE")?;
         let body: String = figures
