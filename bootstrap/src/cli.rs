@@ -314,6 +314,11 @@ pub struct ClusterInitArgs {
     /// tsi-r|ri|rcn|rcni on secret/tsi-<kind>/<claims>/* (`tsi.secret/constraints`).
     #[arg(long)]
     pub tsi_compat: bool,
+    /// Also a role `<role>-spiffe` for JWT-SVIDs of this SPIFFE trust domain
+    /// (`sub` spiffe://<domain>/*, user_claim jss-sub; README.md, "Using JSS
+    /// from SPIFFE clients").
+    #[arg(long)]
+    pub spiffe_trust_domain: Option<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -504,6 +509,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 },
                 jwks_wait: std::time::Duration::from_secs(a.jwks_wait),
                 tsi_compat: a.tsi_compat,
+                spiffe_trust_domain: a.spiffe_trust_domain.clone(),
             };
             for s in cluster::init(&v, &spec, &a.cluster.target("cluster-init")).await? {
                 let _ = writeln!(out, "{s}");

@@ -59,6 +59,40 @@ pub struct ClusterSpec {
     pub jwks_wait: std::time::Duration,
     /// Also TSI's constraint roles `tsi-role-<kind>` and policies `tsi-<kind>`.
     pub tsi_compat: bool,
+    /// Also a role `<role>-spiffe` for JWT-SVIDs of this SPIFFE trust domain.
+    pub spiffe_trust_domain: Option<String>,
+}
+
+/// Who a role is for: JSS tokens, or JWT-SVIDs of a trust domain.
+#[derive(Debug, Clone, Copy)]
+enum Logins<'a> {
+    Jss,
+    /// `user_claim` is `jss-sub`, not `sub`: a SPIFFE ID is shared by every
+    /// image of a service account, and Vault keys the entity alias (whose
+    /// metadata templated policies read) by `user_claim`.
+    Spiffe {
+        trust_domain: &'a str,
+    },
+}
+
+impl Logins<'_> {
+    fn user_claim(self) -> &'static str {
+        match self {
+            Logins::Jss => "sub",
+            Logins::Spiffe { .. } => "jss-sub",
+        }
+    }
+
+    fn bound_claims(self, spec: &ClusterSpec) -> HashMap<String, String> {
+        let mut b = HashMap::from([
+            ("cluster-name".to_string(), spec.cluster.clone()),
+            ("cluster-region".to_string(), spec.region.clone()),
+        ]);
+        if let Logins::Spiffe { trust_domain } = self {
+            b.insert("sub".into(), format!("spiffe://{trust_domain}/*"));
+        }
+        b
+    }
 }
 
 /// One line of the report: what, and whether it was created or found.
@@ -199,12 +233,18 @@ pub async fn init(
     ));
 
     let main = [TI_DEMO_ALL.to_string(), TI_DEMO_RI.to_string()];
-    steps.push(ensure_role(v, spec, &spec.role, &main).await?);
+    steps.push(ensure_role(v, spec, &spec.role, &main, Logins::Jss).await?);
+    if let Some(td) = &spec.spiffe_trust_domain {
+        let role = format!("{}-spiffe", spec.role);
+        let logins = Logins::Spiffe { trust_domain: td };
+        steps.push(ensure_role(v, spec, &role, &main, logins).await?);
+    }
     let mut policies = main.to_vec();
     if spec.tsi_compat {
         for c in TSI_CONSTRAINTS {
             let p = policy::tsi_policy(c);
-            steps.push(ensure_role(v, spec, c.role(), std::slice::from_ref(&p)).await?);
+            let one = std::slice::from_ref(&p);
+            steps.push(ensure_role(v, spec, c.role(), one, Logins::Jss).await?);
             policies.push(p);
         }
     }
@@ -266,6 +306,7 @@ async fn ensure_role(
     spec: &ClusterSpec,
     role: &str,
     policies: &[String],
+    logins: Logins<'_>,
 ) -> Result<Step, ClusterError> {
     let role_path = format!("auth/{}/role/{role}", spec.mount);
     let current = absent_as_none(
@@ -275,21 +316,26 @@ async fn ensure_role(
     .flatten()
     .and_then(|mut b| b.get_mut("data").map(Value::take));
     let outcome = match &current {
-        Some(cur) if role_matches(cur, spec, policies) => "found",
+        Some(cur) if role_matches(cur, spec, policies, logins) => "found",
         Some(_) => "updated",
         None => "created",
     };
     if outcome != "found" {
-        write_role(v, spec, role, policies, &role_path).await?;
+        write_role(v, spec, role, policies, logins, &role_path).await?;
     }
     Ok(step(
         role_path,
         outcome,
         format!(
-            "jwt, user_claim sub, aud {}, pinned to cluster-name={} cluster-region={}, token_ttl {}, policies {}",
+            "jwt, user_claim {}, aud {}, pinned to cluster-name={} cluster-region={}{}, token_ttl {}, policies {}",
+            logins.user_claim(),
             spec.audience,
             spec.cluster,
             spec.region,
+            match logins {
+                Logins::Jss => String::new(),
+                Logins::Spiffe { trust_domain } => format!(" sub=spiffe://{trust_domain}/*"),
+            },
             spec.token_ttl,
             policies.join(",")
         ),
@@ -367,15 +413,13 @@ async fn write_role(
     spec: &ClusterSpec,
     role: &str,
     policies: &[String],
+    logins: Logins<'_>,
     role_path: &str,
 ) -> Result<(), VaultError> {
     let claim_mappings: HashMap<String, String> = mapped_claims()
         .map(|c| (c.to_string(), c.to_string()))
         .collect();
-    let bound_claims = HashMap::from([
-        ("cluster-name".to_string(), spec.cluster.clone()),
-        ("cluster-region".to_string(), spec.region.clone()),
-    ]);
+    let bound_claims = logins.bound_claims(spec);
     v.call("write the role", role_path, || async {
         let mut b = SetRoleRequest::builder();
         b.role_type("jwt")
@@ -391,14 +435,21 @@ async fn write_role(
             .expiration_leeway(LEEWAY_SECONDS.to_string())
             .not_before_leeway(LEEWAY_SECONDS.to_string())
             .token_policies(policies.to_vec());
-        vaultrs::auth::oidc::role::set(v.client(), &spec.mount, role, "sub", vec![], Some(&mut b))
-            .await
+        vaultrs::auth::oidc::role::set(
+            v.client(),
+            &spec.mount,
+            role,
+            logins.user_claim(),
+            vec![],
+            Some(&mut b),
+        )
+        .await
     })
     .await
 }
 
 /// Whether the role read from Vault already is what `write_role` writes.
-fn role_matches(cur: &Value, spec: &ClusterSpec, policies: &[String]) -> bool {
+fn role_matches(cur: &Value, spec: &ClusterSpec, policies: &[String], logins: Logins<'_>) -> bool {
     let mappings: serde_json::Map<String, Value> =
         mapped_claims().map(|c| (c.to_string(), json!(c))).collect();
     let ttl = parse_ttl(&spec.token_ttl);
@@ -408,11 +459,10 @@ fn role_matches(cur: &Value, spec: &ClusterSpec, policies: &[String]) -> bool {
         a
     };
     cur.get("role_type") == Some(&json!("jwt"))
-        && cur.get("user_claim") == Some(&json!("sub"))
+        && cur.get("user_claim") == Some(&json!(logins.user_claim()))
         && sorted(cur.get("bound_audiences")) == vec![spec.audience.clone()]
         && cur.get("bound_claims_type") == Some(&json!("glob"))
-        && cur.get("bound_claims")
-            == Some(&json!({"cluster-name": spec.cluster, "cluster-region": spec.region}))
+        && cur.get("bound_claims") == Some(&json!(logins.bound_claims(spec)))
         && cur.get("claim_mappings") == Some(&Value::Object(mappings))
         && ttl.is_some()
         && cur.get("token_ttl").and_then(Value::as_u64) == ttl

@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod kubelet;
 pub mod server;
 pub mod signer;
+pub mod spiffe;
 pub mod state;
 pub mod token;
 pub mod workload;

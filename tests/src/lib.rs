@@ -15,6 +15,7 @@ pub mod kubelet;
 pub mod net;
 pub mod node;
 pub mod pods;
+pub mod spiffe;
 pub mod swtpm;
 pub mod tpm_proxy;
 pub mod watch;

@@ -1,4 +1,4 @@
-//! Token cache keyed by (pod UID, container ID, audience).
+//! Token cache keyed by (pod UID, container ID, audience, JSS token or JWT-SVID).
 //!
 //! A token is handed out again while at least half its lifetime remains, so a
 //! burst from one container costs one signature instead of queueing on the
@@ -21,6 +21,8 @@ pub struct CacheKey {
     pub pod_uid: String,
     pub container_id: String,
     pub audience: String,
+    /// A JWT-SVID rather than a JSS token for the same audience.
+    pub svid: bool,
 }
 
 #[derive(Clone)]
@@ -212,6 +214,7 @@ mod tests {
             pod_uid: "p".into(),
             container_id: c.into(),
             audience: "vault".into(),
+            svid: false,
         }
     }
     fn tok(t: &str, iat: u64) -> CachedToken {

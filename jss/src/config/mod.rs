@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::claims::{DEFAULT_SUB_TEMPLATE, SubTemplate};
 use crate::kubelet::KubeletConfig;
 use crate::signer::{DEFAULT_TCTI, SignerConfig, SignerKind};
+use crate::spiffe::{SpiffeConfig, SpiffeSection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +67,8 @@ struct Raw {
     signer: SignerSection,
     #[serde(default)]
     kubelet: KubeletConfig,
+    #[serde(default)]
+    spiffe: SpiffeSection,
 }
 
 fn d_socket() -> PathBuf {
@@ -185,6 +188,8 @@ pub struct Config {
     pub limits: Limits,
     pub signer: SignerConfig,
     pub kubelet: KubeletConfig,
+    /// `[spiffe]`; `None` when `trust_domain` is not set.
+    pub spiffe: Option<SpiffeConfig>,
 }
 
 impl Config {
@@ -206,18 +211,15 @@ impl Config {
             path: path.to_path_buf(),
             source: Box::new(source),
         })?;
-        let socket_mode = u32::from_str_radix(raw.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                invalid(
-                    "socket_mode",
-                    format!(
-                        "{:?} is not an octal mode such as \"0666\"",
-                        raw.socket_mode
-                    ),
-                )
-            })?;
+        let socket_mode = parse_mode(&raw.socket_mode).ok_or_else(|| {
+            invalid(
+                "socket_mode",
+                format!(
+                    "{:?} is not an octal mode such as \"0666\"",
+                    raw.socket_mode
+                ),
+            )
+        })?;
         for (key, v) in [
             ("cluster_name", &raw.cluster_name),
             ("cluster_region", &raw.cluster_region),
@@ -276,6 +278,7 @@ impl Config {
         raw.kubelet
             .validate()
             .map_err(|e| invalid("kubelet", e.to_string()))?;
+        let spiffe = crate::spiffe::config::validate(raw.spiffe).map_err(|(k, r)| invalid(k, r))?;
         Ok(Self {
             socket: raw.socket,
             socket_mode,
@@ -300,8 +303,16 @@ impl Config {
             cache: raw.cache,
             limits: raw.limits,
             kubelet: raw.kubelet,
+            spiffe,
         })
     }
+}
+
+/// An octal file mode such as `"0666"` (or `"0o666"`), at most `0o777`.
+pub fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
 }
 
 #[cfg(test)]

@@ -82,6 +82,13 @@ pub async fn handle(
 
 /// Counts, audits and logs the refusal `r` of `peer`, and answers it.
 fn refuse(app: &App, peer: &Peer, r: &Refusal) -> Response<Body> {
+    record_refusal(app, peer, r);
+    refusal_response(r)
+}
+
+/// Counts, audits and logs the refusal `r` of `peer`: once per refusal,
+/// whichever API answers it.
+pub(crate) fn record_refusal(app: &App, peer: &Peer, r: &Refusal) {
     let (pid, uid) = peer.ids();
     app.metrics.deny(r.code.as_str());
     app.audit.record(AuditRecord {
@@ -107,7 +114,6 @@ fn refuse(app: &App, peer: &Peer, r: &Refusal) -> Response<Body> {
         .entered()
     });
     tracing::warn!(uid, code = r.code.as_str(), "{}", r.message);
-    refusal_response(r)
 }
 
 /// What a request asks for.

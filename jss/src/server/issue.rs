@@ -9,13 +9,32 @@ use super::audit::AuditRecord;
 use super::{App, Code, Refusal};
 use crate::attest::{Peer, PeerProcess, Workload};
 use crate::cache::{CacheKey, CachedToken};
-use crate::claims::Claims;
 use crate::signer::{Priority, QueueError};
+use crate::spiffe::SvidClaims;
 use crate::token::TokenEncoder;
 
 /// A token handed to the caller.
 pub struct Issued {
     pub token: String,
+    pub exp: u64,
+    /// The JWT-SVID's SPIFFE ID (its `sub`); `None` for a JSS token.
+    pub spiffe_id: Option<String>,
+}
+
+/// The kind of token asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Form<'a> {
+    /// A JSS token (`/v1/token`): header with `x5c`, JSS's `sub`.
+    Jss,
+    /// A JWT-SVID (SPIFFE Workload API): header `alg`/`kid`/`typ` only,
+    /// `sub` the caller's SPIFFE ID, which must equal `asked` when set.
+    Svid { asked: Option<&'a str> },
+}
+
+/// A signing input with the claims the cache and audit line need.
+pub(super) struct Unsigned {
+    pub input: String,
+    pub jti: String,
     pub exp: u64,
 }
 
@@ -29,6 +48,16 @@ pub(super) fn now_unix() -> u64 {
 impl App {
     /// Attests `peer` and returns a token for `audience` (already allow-listed).
     pub async fn issue(self: &Arc<Self>, peer: &Peer, audience: &str) -> Result<Issued, Refusal> {
+        self.issue_as(peer, audience, Form::Jss).await
+    }
+
+    /// Attests `peer` and returns a token of `form` for `audience` (already allow-listed).
+    pub async fn issue_as(
+        self: &Arc<Self>,
+        peer: &Peer,
+        audience: &str,
+        form: Form<'_>,
+    ) -> Result<Issued, Refusal> {
         let (caller, workload) = self.attest(peer).await?;
         // A child span with all three fields at once: cheaper to format than
         // recording them one by one into the request's span.
@@ -38,7 +67,7 @@ impl App {
             pod = %workload.pod_name,
             container = %workload.container_name
         );
-        self.token_for(caller, &workload, audience)
+        self.token_for(caller, &workload, audience, form)
             .instrument(span)
             .await
             .map_err(|r| r.for_workload(&workload))
@@ -59,32 +88,82 @@ impl App {
         Ok((caller, workload))
     }
 
+    /// The SPIFFE ID of `workload`, checked against the one `asked` for.
+    pub(super) fn spiffe_id(
+        &self,
+        workload: &Workload,
+        asked: Option<&str>,
+    ) -> Result<String, Refusal> {
+        let Some(spiffe) = &self.cfg.spiffe else {
+            return Err(Refusal::new(
+                Code::Internal,
+                "a JWT-SVID was asked for but [spiffe] is not configured",
+            ));
+        };
+        let id = spiffe.spiffe_id(workload);
+        match asked {
+            Some(a) if !a.is_empty() && a != id => Err(Refusal::new(
+                Code::BadRequest,
+                format!("the caller's SPIFFE ID is {id}, not the {a} asked for"),
+            )),
+            _ => Ok(id),
+        }
+    }
+
+    /// The signing input of a token for `workload` at `now`: a JSS token,
+    /// or a JWT-SVID (no `x5c`, `sub` the SPIFFE ID) when `spiffe_id` is set.
+    pub(super) fn unsigned(
+        &self,
+        workload: &Workload,
+        audience: &str,
+        spiffe_id: Option<&str>,
+        now: u64,
+    ) -> Result<Unsigned, Refusal> {
+        let claims = self
+            .claims
+            .build(workload, audience, now)
+            .map_err(|e| Refusal::from(&e))?;
+        let (jti, exp) = (claims.jti.clone(), claims.exp);
+        let keys = self.keys();
+        let input = match spiffe_id {
+            None => keys.encoder.signing_input(&claims),
+            Some(id) => keys
+                .svid_encoder
+                .signing_input(&SvidClaims::new(claims, id.to_string())),
+        }
+        .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+        Ok(Unsigned { input, jti, exp })
+    }
+
     /// Cache → claims → signer for an attested workload.
     async fn token_for(
         &self,
         caller: &PeerProcess,
         workload: &Workload,
         audience: &str,
+        form: Form<'_>,
     ) -> Result<Issued, Refusal> {
+        let spiffe_id = match form {
+            Form::Jss => None,
+            Form::Svid { asked } => Some(self.spiffe_id(workload, asked)?),
+        };
         let now = now_unix();
         let key = self.cache.enabled().then(|| CacheKey {
             pod_uid: workload.pod_uid.clone(),
             container_id: workload.container_id.clone(),
             audience: audience.to_string(),
+            svid: spiffe_id.is_some(),
         });
         if let Some(t) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             self.metrics.cache_hits.inc();
-            return Ok(self.hand_out("cached", caller, workload, audience, t));
+            return Ok(self.hand_out("cached", caller, workload, audience, t, spiffe_id));
         }
-        let claims = self
-            .claims
-            .build(workload, audience, now)
-            .map_err(|e| Refusal::from(&e))?;
+        let unsigned = self.unsigned(workload, audience, spiffe_id.as_deref(), now)?;
         let token = CachedToken {
-            token: self.sign(&claims).await?,
-            jti: claims.jti,
+            token: self.sign(unsigned.input).await?,
+            jti: unsigned.jti,
             iat: now,
-            exp: claims.exp,
+            exp: unsigned.exp,
         };
         if let Some(key) = key {
             let source = self
@@ -94,17 +173,13 @@ impl App {
                 .then(|| Arc::new(workload.clone()));
             self.cache.insert(key, token.clone(), source, now);
         }
-        Ok(self.hand_out("issued", caller, workload, audience, token))
+        Ok(self.hand_out("issued", caller, workload, audience, token, spiffe_id))
     }
 
-    /// Signs `claims` ahead of any refresh. Past `limits.signer_queue`
-    /// callers waiting: 503 `overloaded`, Retry-After the measured time the
-    /// queue ahead needs.
-    async fn sign(&self, claims: &Claims<'_>) -> Result<String, Refusal> {
-        let input = self
-            .encoder()
-            .signing_input(claims)
-            .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
+    /// Signs the signing `input` ahead of any refresh. Past
+    /// `limits.signer_queue` callers waiting: 503 `overloaded`, Retry-After
+    /// the measured time the queue ahead needs.
+    async fn sign(&self, input: String) -> Result<String, Refusal> {
         match self.signing.sign(input, Priority::Caller).await {
             Ok((input, sig)) => {
                 self.signer_health.record(Ok(()));
@@ -164,6 +239,7 @@ impl App {
         workload: &Workload,
         audience: &str,
         t: CachedToken,
+        spiffe_id: Option<String>,
     ) -> Issued {
         self.audit.record(AuditRecord {
             pid: caller.pid,
@@ -181,6 +257,7 @@ impl App {
         Issued {
             token: t.token,
             exp: t.exp,
+            spiffe_id,
         }
     }
 }

@@ -28,15 +28,19 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, bool), ServerError> {
         let l = UnixListener::from_std(std).map_err(|e| sock_err(&cfg.socket, e))?;
         return Ok((l, true));
     }
-    let path = &cfg.socket;
+    Ok((bind_path(&cfg.socket, cfg.socket_mode)?, false))
+}
+
+/// A fresh socket at `path`: parent created, a stale socket removed, `mode` applied.
+pub fn bind_path(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| sock_err(dir, e))?;
     }
     remove_stale(path)?;
     let l = UnixListener::bind(path).map_err(|e| sock_err(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| sock_err(path, e))?;
-    Ok((l, false))
+    Ok(l)
 }
 
 fn sock_err(path: &Path, e: std::io::Error) -> ServerError {

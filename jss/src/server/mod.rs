@@ -35,6 +35,8 @@ use crate::signer::{KeyPolicy, SignQueue, Signer, SignerError};
 use crate::token::{TokenEncoder, TokenError};
 
 pub use audit::AuditRecord;
+pub use issue::{Form, Issued};
+pub use listener::bind_path;
 pub use metrics::Metrics;
 pub use refusal::{Code, Refusal};
 
@@ -66,6 +68,8 @@ pub enum ServerError {
 /// What depends on the chain: swapped as a whole on SIGHUP.
 pub struct Keys {
     pub encoder: Arc<TokenEncoder>,
+    /// JWT-SVIDs: the same key, header `alg`/`kid`/`typ` only (no `x5c`).
+    pub svid_encoder: Arc<TokenEncoder>,
     pub chain_pem: String,
     pub jwks: String,
 }
@@ -131,10 +135,6 @@ impl App {
         Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn encoder(&self) -> Arc<TokenEncoder> {
-        Arc::clone(&self.keys().encoder)
-    }
-
     /// Re-reads chain.pem (SIGHUP). On error the old chain stays in use.
     pub fn reload_chain(&self) -> Result<(), ServerError> {
         let keys = load_keys(&self.cfg, self.signer.as_ref())?;
@@ -157,6 +157,7 @@ fn load_keys(cfg: &Config, signer: &dyn Signer) -> Result<Keys, ServerError> {
     let jwks = serde_json::json!({"keys": [signer.public_key().jwk()]}).to_string();
     Ok(Keys {
         encoder: Arc::new(TokenEncoder::new(signer.kid(), Some(chain.x5c()))?),
+        svid_encoder: Arc::new(TokenEncoder::new(signer.kid(), None)?),
         chain_pem: chain.pem().to_string(),
         jwks,
     })
@@ -190,6 +191,7 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let (listener, activated) = listener::bind(&app.cfg)?;
+    let spiffe = crate::spiffe::start(&app)?;
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
@@ -254,6 +256,9 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
     }
     tracing::info!("draining in-flight requests");
     let drain = Duration::from_millis(app.cfg.limits.drain_timeout_ms);
+    if let Some(s) = spiffe {
+        s.shutdown(drain).await;
+    }
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -66,19 +66,21 @@ impl App {
     async fn refresh(&self, due: Due) {
         let now = super::issue::now_unix();
         let signed = async {
-            let claims = self
-                .claims
-                .build(&due.workload, &due.key.audience, now)
-                .map_err(|e| e.to_string())?;
-            let input = self
-                .encoder()
-                .signing_input(&claims)
-                .map_err(|e| e.to_string())?;
+            // The same form as the cached token: a JWT-SVID stays one.
+            let spiffe_id = due
+                .key
+                .svid
+                .then(|| self.spiffe_id(&due.workload, None))
+                .transpose()
+                .map_err(|r| r.message)?;
+            let unsigned = self
+                .unsigned(&due.workload, &due.key.audience, spiffe_id.as_deref(), now)
+                .map_err(|r| r.message)?;
             // The old token is handed out until its half-life.
             let left = (due.iat + due.exp).div_ceil(2).saturating_sub(now);
             let deadline = std::time::Instant::now() + Duration::from_secs(left);
             let priority = Priority::Refresh { deadline };
-            let (input, sig) = match self.signing.sign(input, priority).await {
+            let (input, sig) = match self.signing.sign(unsigned.input, priority).await {
                 Ok(s) => s,
                 Err(QueueError::Signer(e)) => {
                     self.metrics.signer_error(e.reason());
@@ -88,9 +90,9 @@ impl App {
             };
             Ok(CachedToken {
                 token: TokenEncoder::finish(input, &sig),
-                jti: claims.jti,
+                jti: unsigned.jti,
                 iat: now,
-                exp: claims.exp,
+                exp: unsigned.exp,
             })
         }
         .await;
