@@ -61,6 +61,8 @@ const CONFIG_TOP_KEYS: &[&str] = &[
     "audiences",
     "signer",
     "kubelet",
+    // Shipped empty (off), its keys commented with their defaults.
+    "spiffe",
 ];
 const CONFIG_SIGNER_KEYS: &[&str] = &["kind", "tcti"];
 const CONFIG_KUBELET_KEYS: &[&str] = &["url", "token_path", "ca_path", "insecure_skip_tls_verify"];
@@ -1014,6 +1016,10 @@ fn config_examples_use_exactly_the_daemons_keys() {
         let k: BTreeSet<String> = kubelet.iter().map(|s| s.to_string()).collect();
         assert_eq!(keys(&cfg["signer"]), s, "{path:?}");
         assert_eq!(keys(&cfg["kubelet"]), k, "{path:?}");
+        assert!(
+            keys(&cfg["spiffe"]).is_empty(),
+            "{path:?}: SPIFFE is off by default"
+        );
         assert_eq!(cfg["signer"]["kind"], "tpm");
         assert_eq!(cfg["token_ttl_seconds"], 60);
         assert_eq!(cfg["kubelet"]["insecure_skip_tls_verify"], false);
