@@ -3,7 +3,9 @@
 //! login p50/p99, registration throughput (20 concurrent `node register`),
 //! JWKS size and serve rate. Each point has one real registration (the node
 //! that logs in); the other nodes' records are written straight into the
-//! registry with keys generated here. `JSS_BENCH_SCALE=1,100,1000` picks
+//! registry with keys generated here. The logins of all points are taken
+//! in one window, one login per point in turn, so the points compare fairly
+//! on a shared machine. `JSS_BENCH_SCALE=1,100,1000` picks
 //! the sizes (default 1, 100, 1000, 5000, 20000), `JSS_BENCH_SCALE_MODES`
 //! the modes.
 
@@ -162,29 +164,61 @@ fn claims(cluster: &str) -> serde_json::Value {
     })
 }
 
-/// Login latencies for `seconds` with tokens from the node key in `dir`.
-fn logins(port: u16, cluster: &str, dir: &Path, seconds: u64) -> anyhow::Result<Vec<u32>> {
-    let cfg = SignerConfig {
-        kind: SignerKind::Software,
-        tcti: String::new(),
-        state_dir: dir.to_path_buf(),
-        pcrs: None,
-    };
-    let (s, _) = signer::open(&cfg, KeyPolicy::MustExist)?;
-    let chain = Chain::load(dir, s.public_key())?;
-    let enc = TokenEncoder::new(s.kid(), Some(chain.x5c()))?;
-    let mount = format!("jss-{cluster}");
-    let end = Instant::now() + Duration::from_secs(seconds);
-    let mut lat = Vec::new();
-    while Instant::now() < end || lat.len() < 20 {
-        let jwt = enc.encode(s.as_ref(), &claims(cluster))?;
+/// A node that logs in: its mount and a token encoder for its key.
+struct LoginNode {
+    cluster: String,
+    signer: std::sync::Arc<dyn signer::Signer>,
+    enc: TokenEncoder,
+}
+
+impl LoginNode {
+    fn open(cluster: &str, dir: &Path) -> anyhow::Result<Self> {
+        let cfg = SignerConfig {
+            kind: SignerKind::Software,
+            tcti: String::new(),
+            state_dir: dir.to_path_buf(),
+            pcrs: None,
+        };
+        let (signer, _) = signer::open(&cfg, KeyPolicy::MustExist)?;
+        let chain = Chain::load(dir, signer.public_key())?;
+        let enc = TokenEncoder::new(signer.kid(), Some(chain.x5c()))?;
+        Ok(Self {
+            cluster: cluster.to_string(),
+            signer,
+            enc,
+        })
+    }
+
+    /// One login; its latency in microseconds.
+    fn login(&self, port: u16) -> anyhow::Result<u32> {
+        let jwt = self
+            .enc
+            .encode(self.signer.as_ref(), &claims(&self.cluster))?;
         let body = serde_json::json!({"role": "jss", "jwt": jwt}).to_string();
+        let mount = format!("jss-{}", self.cluster);
         let t = Instant::now();
         let (code, answer) = http(port, "POST", &format!("auth/{mount}/login"), "", &body)?;
         ensure!(code == 200, "login at {mount}: {code} {answer}");
-        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+        Ok(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX))
     }
-    lat.sort_unstable();
+}
+
+/// Login latencies of every node, interleaved (one login per node in turn)
+/// for `seconds`, so that each point sees the same moments of this shared
+/// machine and the ratios between points are fair; sorted, per node.
+fn interleaved_logins(
+    port: u16,
+    nodes: &[LoginNode],
+    seconds: u64,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let mut lat = vec![Vec::new(); nodes.len()];
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end || lat.iter().any(|l| l.len() < 20) {
+        for (node, l) in nodes.iter().zip(lat.iter_mut()) {
+            l.push(node.login(port)?);
+        }
+    }
+    lat.iter_mut().for_each(|l| l.sort_unstable());
     Ok(lat)
 }
 
@@ -212,6 +246,9 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
     let bao = Bao::start_raft();
     let port = port_of(&bao);
     let mut f = Figures::new();
+    let mut points: Vec<(&str, usize)> = Vec::new();
+    let mut nodes: Vec<LoginNode> = Vec::new();
+    let mut keep = Vec::new();
     println!(
         "\n== static keys vs JWKS mode, raft-backed OpenBao ({seconds} s of logins per point) =="
     );
@@ -226,7 +263,7 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
             )?;
             let real = tempfile::tempdir()?;
             fill_registry(port, &format!("jss-{cluster}"), n.saturating_sub(1))?;
-            let _discovery;
+            let mut _discovery = None;
             let setup = if mode == "static" {
                 // Folds the registry into jwt_validation_pubkeys (one entry);
                 // the real node registers last, so its key is the last one
@@ -274,7 +311,7 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
                         f64::from(served) / t.elapsed().as_secs_f64(),
                     );
                 }
-                _discovery = d;
+                _discovery = Some(d);
                 r
             };
             if let Err(e) = setup {
@@ -284,21 +321,50 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
                 continue;
             }
             let setup_s = t.elapsed().as_secs_f64();
-            let lat = logins(port, &cluster, real.path(), seconds)?;
-            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-            let reg = registration_rate(&bao, &cluster)?;
-            f.insert(key("login_p50_ms"), p50);
-            f.insert(key("login_p99_ms"), p99);
-            f.insert(key("register_nodes_per_s"), reg);
             println!(
-                "{mode:>6} {n:>6} nodes: login p50 {p50:.2} ms p99 {p99:.2} ms ({} logins); 20 concurrent registrations {reg:.1} nodes/s; JWKS {} bytes, {} serves/s; setup {setup_s:.0} s",
-                lat.len(),
+                "{mode:>6} {n:>6} nodes: set up in {setup_s:.0} s; JWKS {} bytes, {} serves/s",
                 f.get(&key("jwks_bytes"))
                     .map_or("-".into(), |b| format!("{b:.0}")),
                 f.get(&key("jwks_serves_per_s"))
                     .map_or("-".into(), |r| format!("{r:.0}")),
             );
+            points.push((mode, n));
+            nodes.push(LoginNode::open(&cluster, real.path())?);
+            keep.push((real, _discovery));
         }
     }
+    // Every point's logins in one window, interleaved: a login at 5,000
+    // nodes is compared with one at 1 node taken a moment apart.
+    let window = seconds.saturating_mul(points.len() as u64);
+    println!("logins: every point in turn for {window} s");
+    let lat = interleaved_logins(port, &nodes, window)?;
+    let mut reference: Option<f64> = None;
+    for ((mode, n), lat) in points.iter().zip(&lat) {
+        let key = |what: &str| format!("scale.{mode}.n{n}.{what}");
+        let (p50, p99) = (percentile(lat, 0.5), percentile(lat, 0.99));
+        f.insert(key("login_p50_ms"), p50);
+        f.insert(key("login_p99_ms"), p99);
+        // The ratio to the smallest JWKS point of this run (goal at 5,000
+        // nodes: 1.5 at most).
+        let ratio = if *mode == "jwks" {
+            let r = p50 / *reference.get_or_insert(p50);
+            f.insert(key("login_p50_vs_smallest"), r);
+            format!("; {r:.2} x the smallest jwks point")
+        } else {
+            String::new()
+        };
+        println!(
+            "{mode:>6} {n:>6} nodes: login p50 {p50:.2} ms p99 {p99:.2} ms ({} logins){ratio}",
+            lat.len()
+        );
+    }
+    // Registrations last: in static mode they would put keys after the
+    // measured node's.
+    for ((mode, n), node) in points.iter().zip(&nodes) {
+        let reg = registration_rate(&bao, &node.cluster)?;
+        f.insert(format!("scale.{mode}.n{n}.register_nodes_per_s"), reg);
+        println!("{mode:>6} {n:>6} nodes: 20 concurrent registrations {reg:.1} nodes/s");
+    }
+    drop(keep);
     Ok(f)
 }
