@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod inspect;
 pub mod kubelet;
+pub mod logging;
 pub mod server;
 pub mod signer;
 pub mod spiffe;

@@ -203,13 +203,25 @@ ca_path = "{ca}"
     /// in its environment (`env` then execs jss: the pid stays in the cgroup),
     /// plus `vars`; stdout and stderr piped.
     pub fn spawn_jss(&self, pod: &PodProcess, args: &[&str], vars: &[(&str, &str)]) -> Child {
+        self.spawn_bin(pod, "jss", args, vars)
+    }
+
+    /// As [`Cluster::spawn_jss`] for another of the workspace's binaries
+    /// (`jss-agent`).
+    pub fn spawn_bin(
+        &self,
+        pod: &PodProcess,
+        name: &str,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Child {
         let mut argv: Vec<String> = vec![
             format!("JSS_SOCKET={}", self.daemon.socket.display()),
             format!("VAULT_ADDR={}", self.bao.addr()),
             "RUST_LOG=info".into(),
         ];
         argv.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
-        argv.push(bin("jss").display().to_string());
+        argv.push(bin(name).display().to_string());
         argv.extend(args.iter().map(|a| a.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         spawn_in(pod, Path::new("/usr/bin/env"), &argv, Stdio::piped())

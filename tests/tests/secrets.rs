@@ -101,8 +101,9 @@ fn once_writes_the_articles_secrets_and_refuses_another_pod() {
     let o2_s = out2.display().to_string();
     let opod = c.pod(&other);
     let o = c
-        .spawn_jss(
+        .spawn_bin(
             &opod,
+            "jss-agent",
             &["secrets", "--once", "--spec", &spec, "--out", &o2_s],
             &[],
         )
@@ -123,6 +124,36 @@ fn once_writes_the_articles_secrets_and_refuses_another_pod() {
     }
     assert!(err.contains("2 of 2 secrets not written"), "{err}");
     assert!(files_under(&out2).is_empty(), "{:?}", files_under(&out2));
+}
+
+/// `jss-agent` is what every injected pod runs: it must not load the TPM
+/// stack (libtss2-*, and the libcrypto libtss2-esys links), whose pages
+/// would be most of a sidecar's resident memory.
+#[test]
+fn jss_agent_loads_no_tpm_library() {
+    let o = std::process::Command::new("readelf")
+        .args(["--dynamic", "--wide"])
+        .arg(jss_tests::daemon::bin("jss-agent"))
+        .output()
+        .expect("readelf (binutils) is needed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dynamic = String::from_utf8_lossy(&o.stdout);
+    let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(!needed.is_empty(), "no NEEDED entries read:\n{dynamic}");
+    for lib in ["libtss2", "libcrypto"] {
+        assert!(
+            needed.iter().all(|l| !l.contains(lib)),
+            "jss-agent needs {lib}:\n{}",
+            needed.join("\n")
+        );
+    }
+    // The reference: the daemon's binary does need them.
+    let o = std::process::Command::new("readelf")
+        .args(["--dynamic", "--wide"])
+        .arg(jss_tests::daemon::bin("jss"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("libtss2-esys"));
 }
 
 #[test]
@@ -233,7 +264,8 @@ fn article_sidecar(init_args: &[&str], extra: &[&str]) -> ArticleSidecar {
         "1",
     ];
     args.extend_from_slice(extra);
-    let mut side = c.spawn_jss(&pod, &args, &[]);
+    // As the injector runs it: `jss-agent`, the workload side alone.
+    let mut side = c.spawn_bin(&pod, "jss-agent", &args, &[]);
     let log = Tail::of(&mut side);
     ArticleSidecar {
         c,

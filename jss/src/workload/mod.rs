@@ -10,6 +10,7 @@
 //! ([`crate::client`]) like any other workload.
 
 pub mod backoff;
+pub mod cli;
 pub mod secret;
 pub mod secrets;
 pub mod shutdown;

@@ -1,6 +1,7 @@
-//! `jss secrets` against a loopback OpenBao: time from `jss secrets --once`
-//! starting (in the pod's cgroup) to all its files written, for 1 and 10
-//! secrets; the sidecar's RSS and CPU per refresh, and its CPU while idle.
+//! `jss-agent secrets` (what the injector runs) against a loopback OpenBao:
+//! time from `--once` starting (in the pod's cgroup) to all its files
+//! written, for 1 and 10 secrets; the sidecar's RSS and CPU per refresh, and
+//! its CPU while idle; the same sidecar run as `jss secrets` for reference.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failure report
 
 use std::io::Read as _;
@@ -13,6 +14,8 @@ use jss_tests::cluster::{Cluster, PodDef, REGION};
 use crate::{Figures, percentile};
 
 const SIZES: [usize; 2] = [1, 10];
+/// The binary the injector runs in pods.
+const AGENT: &str = "jss-agent";
 
 /// The annotation for `n` secrets `s0…` at the pod's ti-demo-ri paths.
 fn spec(n: usize) -> String {
@@ -44,6 +47,7 @@ fn cpu_ms(pid: u32) -> f64 {
 /// once its ready file exists.
 fn sidecar(
     c: &Cluster,
+    program: &str,
     pod: &jss_tests::pods::PodProcess,
     spec: &str,
     out: &Path,
@@ -55,7 +59,7 @@ fn sidecar(
     let mut args = vec!["secrets", "--spec", spec, "--out", out.to_str().unwrap()];
     args.extend_from_slice(&["--ready-file", &ready_s]);
     args.extend_from_slice(extra);
-    let child = c.spawn_jss(pod, &args, &[("RUST_LOG", log)]);
+    let child = c.spawn_bin(pod, program, &args, &[("RUST_LOG", log)]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready.exists() {
         assert!(Instant::now() < deadline, "the sidecar never got ready");
@@ -117,8 +121,9 @@ pub fn run(seconds: u64) -> Figures {
             let t0 = SystemTime::now();
             let start = Instant::now();
             let o = c
-                .spawn_jss(
+                .spawn_bin(
                     &proc_,
+                    AGENT,
                     &["secrets", "--once", "--spec", &spec_s, "--out", out_s],
                     &[("RUST_LOG", "warn")],
                 )
@@ -143,55 +148,33 @@ pub fn run(seconds: u64) -> Figures {
         f.insert(format!("secrets.once.n{n}.exit_p99_ms"), e99);
     }
 
-    // The sidecar with 10 secrets: a pass every second for a while, then idle.
+    // The sidecar with 10 secrets: a pass every second for a while, then
+    // idle; as `jss-agent` and, for reference, as `jss` (the daemon's binary).
     let spec_s = c.path().join("spec-10").to_str().unwrap().to_string();
-    let out = shm.path().join("sidecar");
-    std::fs::create_dir(&out).unwrap();
-    let mut side = sidecar(
-        &c,
-        &proc_,
-        &spec_s,
-        &out,
-        &["--refresh-seconds", "1"],
-        "warn,jss::workload=debug",
-    );
-    let pid = side.id();
-    let mut err = side.stderr.take().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
     let window = Duration::from_secs(seconds.max(5));
-    let cpu0 = cpu_ms(pid);
-    let passes0 = Instant::now();
-    std::thread::sleep(window);
-    let cpu1 = cpu_ms(pid);
-    let rss = status_kib(pid, "VmRSS:") / 1024.0;
-    let hwm = status_kib(pid, "VmHWM:") / 1024.0;
-    // Anonymous (the sidecar's own) vs file-backed (binary and libraries,
-    // shared with every other jss process on the node).
-    let anon = status_kib(pid, "RssAnon:") / 1024.0;
-    let file = status_kib(pid, "RssFile:") / 1024.0;
-    terminate(side);
-    let log = drain.join().unwrap();
-    // One pass a second (plus its jitter): the window's length in passes.
-    let passes = passes0.elapsed().as_secs_f64().floor().max(1.0);
-    let per_pass = (cpu1 - cpu0) / passes;
-    println!(
-        "sidecar, 10 secrets, refresh 1 s: RSS {rss:.1} MiB (peak {hwm:.1} MiB; anonymous {anon:.1}, file-backed {file:.1}), CPU {per_pass:.2} ms per refresh ({} passes logged in all)",
-        log.matches("next pass").count()
-    );
-    f.insert("secrets.sidecar.n10.rss_mib".into(), rss);
-    f.insert("secrets.sidecar.n10.peak_rss_mib".into(), hwm);
-    f.insert("secrets.sidecar.n10.rss_anon_mib".into(), anon);
-    f.insert("secrets.sidecar.n10.rss_file_mib".into(), file);
-    f.insert("secrets.sidecar.n10.cpu_ms_per_refresh".into(), per_pass);
+    for program in [AGENT, "jss"] {
+        sidecar_rss(
+            &c,
+            &proc_,
+            program,
+            &spec_s,
+            &shm.path().join(program),
+            window,
+            &mut f,
+        );
+    }
+    if let (Some(agent), Some(jss)) = (
+        f.get("secrets.sidecar.n10.rss_mib").copied(),
+        f.get("secrets.sidecar.jss.n10.rss_mib").copied(),
+    ) {
+        println!("sidecar RSS, jss-agent / jss: {:.2}", agent / jss);
+        f.insert("secrets.sidecar.rss_agent_vs_jss".into(), agent / jss);
+    }
 
     // Idle between refreshes (the default 600 s): CPU over a quiet window.
     let out = shm.path().join("idle");
     std::fs::create_dir(&out).unwrap();
-    let idle = sidecar(&c, &proc_, &spec_s, &out, &[], "warn");
+    let idle = sidecar(&c, AGENT, &proc_, &spec_s, &out, &[], "warn");
     std::thread::sleep(Duration::from_millis(200));
     let i0 = cpu_ms(idle.id());
     std::thread::sleep(window);
@@ -203,4 +186,64 @@ pub fn run(seconds: u64) -> Figures {
     );
     f.insert("secrets.sidecar.idle_cpu_ms".into(), idle_ms);
     f
+}
+
+/// RSS (anonymous and file-backed) and CPU per refresh of the sidecar run
+/// as `program`, refreshing every second over `window`. Figures of
+/// `jss-agent` are `secrets.sidecar.n10.*`, of another program
+/// `secrets.sidecar.<program>.n10.*`.
+fn sidecar_rss(
+    c: &Cluster,
+    proc_: &jss_tests::pods::PodProcess,
+    program: &str,
+    spec_s: &str,
+    out: &Path,
+    window: Duration,
+    f: &mut Figures,
+) {
+    std::fs::create_dir(out).unwrap();
+    let mut side = sidecar(
+        c,
+        program,
+        proc_,
+        spec_s,
+        out,
+        &["--refresh-seconds", "1"],
+        "warn,jss::workload=debug",
+    );
+    let pid = side.id();
+    let mut err = side.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let cpu0 = cpu_ms(pid);
+    let passes0 = Instant::now();
+    std::thread::sleep(window);
+    let cpu1 = cpu_ms(pid);
+    let rss = status_kib(pid, "VmRSS:") / 1024.0;
+    let hwm = status_kib(pid, "VmHWM:") / 1024.0;
+    // Anonymous (the sidecar's own) vs file-backed (binary and libraries,
+    // shared with every other process that maps them).
+    let anon = status_kib(pid, "RssAnon:") / 1024.0;
+    let file = status_kib(pid, "RssFile:") / 1024.0;
+    terminate(side);
+    let log = drain.join().unwrap();
+    // One pass a second (plus its jitter): the window's length in passes.
+    let passes = passes0.elapsed().as_secs_f64().floor().max(1.0);
+    let per_pass = (cpu1 - cpu0) / passes;
+    println!(
+        "sidecar ({program} secrets), 10 secrets, refresh 1 s: RSS {rss:.1} MiB (peak {hwm:.1} MiB; anonymous {anon:.1}, file-backed {file:.1}), CPU {per_pass:.2} ms per refresh ({} passes logged in all)",
+        log.matches("next pass").count()
+    );
+    let key = |what: &str| match program {
+        AGENT => format!("secrets.sidecar.n10.{what}"),
+        other => format!("secrets.sidecar.{other}.n10.{what}"),
+    };
+    f.insert(key("rss_mib"), rss);
+    f.insert(key("peak_rss_mib"), hwm);
+    f.insert(key("rss_anon_mib"), anon);
+    f.insert(key("rss_file_mib"), file);
+    f.insert(key("cpu_ms_per_refresh"), per_pass);
 }
