@@ -377,6 +377,8 @@ pub struct RegisterArgs {
     /// Re-sign an existing certificate once this share of its lifetime is left.
     #[arg(long, default_value_t = 0.2)]
     pub renew_below: f64,
+    #[command(flatten)]
+    pub rotation: crate::rotate_args::RotateArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -646,6 +648,13 @@ async fn register(
         (true, None) => (a.renew_below, true),
         (false, _) => (a.renew_below, false),
     };
-    node::register(&v, &a.key.config(), &id, &spec, below, force, out).await?;
+    let key = a.key.config();
+    let r = a.rotation.spec();
+    if a.rotation.rotate {
+        crate::rotate::rotate(&v, &key, &id, &spec, &r, out).await?;
+        return Ok(());
+    }
+    node::register(&v, &key, &id, &spec, below, force, out).await?;
+    crate::rotate::finish_pending(&v, &key, &id, &spec, &r, out).await?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 pub mod cli;
 mod cluster;
 pub mod csr;
+mod daemon;
 mod discovery;
 mod jwks;
 mod lock;
@@ -20,6 +21,8 @@ mod policy;
 mod prune;
 mod register;
 mod registry;
+mod rotate;
+mod rotate_args;
 mod vault;
 mod view;
 

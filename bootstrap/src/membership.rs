@@ -128,7 +128,7 @@ pub async fn status(
             say!(out, "pcrs:         none");
         }
     }
-    match Chain::load(&key_cfg.state_dir, s.public_key()) {
+    match Chain::load(&crate::node::key_dir(key_cfg)?, s.public_key()) {
         Ok(c) => {
             let left = c.remaining_fraction(SystemTime::now()) * 100.0;
             say!(out, "certificate:  {}", c.subject());
