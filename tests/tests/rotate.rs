@@ -56,6 +56,10 @@ fn login(c: &Cluster, jwt: &str) -> Output {
 
 /// `jss-bootstrap node register [--rotate] ARGS` for the cluster's node.
 fn register(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Output {
+    register_cmd(c, signer, rotate, extra).output().unwrap()
+}
+
+fn register_cmd(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Command {
     let state = c.path().join("state");
     let sock = c.daemon.socket.display().to_string();
     let state = state.display().to_string();
@@ -83,13 +87,12 @@ fn register(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Output {
         args.push("--rotate");
     }
     args.extend_from_slice(extra);
-    Command::new(bin("jss-bootstrap"))
-        .args(&args)
+    let mut cmd = Command::new(bin("jss-bootstrap"));
+    cmd.args(&args)
         .env("VAULT_ADDR", c.bao.addr())
         .env("VAULT_TOKEN", ROOT_TOKEN)
-        .env("TSS2_LOG", "all+none")
-        .output()
-        .unwrap()
+        .env("TSS2_LOG", "all+none");
+    cmd
 }
 
 fn ok(o: Output) -> String {
@@ -270,4 +273,57 @@ fn software_key_rotates_while_serving() {
         },
         SignerKind::Software,
     );
+}
+
+/// SIGKILLed at points spread over a rotation, then run to the end: one
+/// current, registered, working key, and no trace of the old one.
+#[test]
+fn a_rotation_killed_again_and_again_is_completed_by_the_next_run() {
+    let (c, pod) = start(NodeKey {
+        signer: "software",
+        pcrs: None,
+        shared_tpm: false,
+    });
+    let old_kid = kid(&token(&c, &pod).unwrap());
+    let state = c.path().join("state");
+    for delay_ms in [5, 20, 40, 80, 120, 200, 300, 500] {
+        let mut child = register_cmd(&c, "software", true, &["--no-wait"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever state that left, the daemon still serves a registered key.
+        let t = token(&c, &pod).unwrap();
+        ok(login(&c, &t));
+    }
+    let out = ok(register(&c, "software", true, &["--wait"]));
+    assert!(out.contains("rotated  to kid"), "{out}");
+    let t = token(&c, &pod).unwrap();
+    let new_kid = kid(&t);
+    assert_ne!(new_kid, old_kid);
+    ok(login(&c, &t));
+    let versions: Vec<String> = std::fs::read_dir(state.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(versions, vec![new_kid.clone()], "orphan key versions");
+    assert!(!state.join("rotation.json").exists());
+    let cfg = c
+        .bao
+        .ok(&["read", "-format=json", &format!("auth/{MOUNT}/config")]);
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let keys = cfg["data"]["jwt_validation_pubkeys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "one registered key: {keys:?}");
+    let rec = c.bao.ok(&[
+        "kv",
+        "get",
+        "-format=json",
+        &format!("secret/jss/registry/{MOUNT}/node-1"),
+    ]);
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    assert_eq!(rec["data"]["data"]["kid"], new_kid.as_str());
+    assert!(rec["data"]["data"].get("retiring").is_none(), "{rec}");
 }
