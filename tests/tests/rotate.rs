@@ -327,3 +327,65 @@ fn a_rotation_killed_again_and_again_is_completed_by_the_next_run() {
     assert_eq!(rec["data"]["data"]["kid"], new_kid.as_str());
     assert!(rec["data"]["data"].get("retiring").is_none(), "{rec}");
 }
+
+#[test]
+fn tpm_key_without_pcrs_rotates_while_serving() {
+    rotate_while_serving(
+        NodeKey {
+            signer: "tpm",
+            pcrs: Some("none"),
+            shared_tpm: true,
+        },
+        SignerKind::Tpm,
+    );
+}
+
+/// A pointer to a version the daemon cannot use (no chain): SIGHUP keeps
+/// the old key serving, and the daemon logs and audits why.
+#[test]
+fn a_failed_switch_keeps_the_old_key_serving() {
+    let (c, pod) = start(NodeKey {
+        signer: "software",
+        pcrs: None,
+        shared_tpm: false,
+    });
+    let old_kid = kid(&token(&c, &pod).unwrap());
+    let state = c.path().join("state");
+    let staged = state.join("keys").join(".new");
+    let cfg = SignerConfig {
+        kind: SignerKind::Software,
+        tcti: String::new(),
+        state_dir: state.clone(),
+        pcrs: None,
+    };
+    let (k, _) = jss::signer::open_in(&cfg, &staged, KeyPolicy::CreateIfMissing).unwrap();
+    let bad_kid = k.kid().to_string();
+    std::fs::rename(&staged, state.join("keys").join(&bad_kid)).unwrap();
+    jss::state::layout::switch(&state, &bad_kid).unwrap();
+    c.daemon.signal("HUP");
+    let audit = c.path().join("audit.log");
+    let mut waited = 0;
+    while !std::fs::read_to_string(&audit)
+        .unwrap()
+        .contains("reload_failed")
+    {
+        assert!(
+            waited < 200,
+            "no reload_failed audit line: {}",
+            c.daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let line = std::fs::read_to_string(&audit).unwrap();
+    assert!(line.contains(&format!("kept kid {old_kid}")), "{line}");
+    assert!(line.contains("chain"), "{line}");
+    assert!(
+        c.daemon
+            .stderr()
+            .contains("keeping the key and chain in use")
+    );
+    let t = token(&c, &pod).unwrap();
+    assert_eq!(kid(&t), old_kid);
+    ok(login(&c, &t));
+}

@@ -268,6 +268,12 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            // Also while waiting for a connection: a quiet daemon must
+            // still switch keys when told.
+            _ = hup.recv() => {
+                tokio::spawn(Arc::clone(&app).reload());
+                continue;
+            }
         };
         let peer = Peer::of_socket(&app.cfg.proc_root, &stream);
         let conn = graceful.watch(connection(Arc::clone(&app), peer, stream));
