@@ -92,6 +92,17 @@ pub struct NodeKey {
     pub shared_tpm: bool,
 }
 
+impl NodeKey {
+    /// A software key (no TPM).
+    pub fn software() -> Self {
+        Self {
+            signer: "software",
+            pcrs: None,
+            shared_tpm: false,
+        }
+    }
+}
+
 impl Default for NodeKey {
     fn default() -> Self {
         Self {

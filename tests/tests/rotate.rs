@@ -15,6 +15,7 @@ use jss::signer::{KeyPolicy, SignerConfig, SignerKind};
 use jss_tests::bao::ROOT_TOKEN;
 use jss_tests::cluster::{CLUSTER, Cluster, MOUNT, NodeKey, PodDef, REGION, unix_now};
 use jss_tests::daemon::bin;
+use jss_tests::discovery::Discovery;
 
 /// The daemon's token life here (the config's minimum): the old key may go
 /// 10 s + the role's leeways (10 s + 10 s) + 1 s after the switch.
@@ -187,9 +188,34 @@ impl Load {
 
 /// The whole rotation of `key` while the daemon serves under load: new kid,
 /// both keys log in until the removal, the old one not after.
-fn rotate_while_serving(key: NodeKey, kind: SignerKind) {
+fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
     let signer = key.signer;
     let (c, pod) = start(key);
+    // JWKS mode: the discovery server serves the registry (full reads
+    // every 12 s at --refresh 1).
+    let discovery = jwks.then(|| {
+        let d = Discovery::start(&c.bao, CLUSTER, 1, &[]);
+        let ca = d.ca_file().display().to_string();
+        let url = d.url();
+        jss_tests::cluster::bootstrap(
+            &c.bao,
+            &[
+                "cluster",
+                "init",
+                "--cluster",
+                CLUSTER,
+                "--region",
+                REGION,
+                "--keys",
+                "jwks",
+                "--jwks-url",
+                &url,
+                "--jwks-ca-pem",
+                &ca,
+            ],
+        );
+        d
+    });
     let c = Arc::new(c);
     let t1 = token(&c, &pod).unwrap();
     let old_kid = kid(&t1);
@@ -211,6 +237,13 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind) {
     let new_kid = kid(&t2);
     assert_ne!(new_kid, old_kid, "{out}");
     ok(login(&c, &t2));
+    if let Some(d) = &discovery {
+        let served = d.kids();
+        assert!(
+            served.contains(&old_kid) && served.contains(&new_kid),
+            "both kids in the JWKS during the window: {served:?}"
+        );
+    }
     let state = c.path().join("state");
     assert_eq!(
         std::fs::read_to_string(state.join("current"))
@@ -249,6 +282,9 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind) {
         "the old key still logs in after its removal"
     );
     ok(login(&c, &token(&c, &pod).unwrap()));
+    if let Some(d) = &discovery {
+        assert_eq!(d.kids(), vec![new_kid]);
+    }
 }
 
 #[test]
@@ -260,6 +296,7 @@ fn tpm_key_bound_to_pcr_7_rotates_while_serving() {
             shared_tpm: true,
         },
         SignerKind::Tpm,
+        false,
     );
 }
 
@@ -272,18 +309,20 @@ fn software_key_rotates_while_serving() {
             shared_tpm: false,
         },
         SignerKind::Software,
+        false,
     );
+}
+
+#[test]
+fn software_key_rotates_in_jwks_mode() {
+    rotate_while_serving(NodeKey::software(), SignerKind::Software, true);
 }
 
 /// SIGKILLed at points spread over a rotation, then run to the end: one
 /// current, registered, working key, and no trace of the old one.
 #[test]
 fn a_rotation_killed_again_and_again_is_completed_by_the_next_run() {
-    let (c, pod) = start(NodeKey {
-        signer: "software",
-        pcrs: None,
-        shared_tpm: false,
-    });
+    let (c, pod) = start(NodeKey::software());
     let old_kid = kid(&token(&c, &pod).unwrap());
     let state = c.path().join("state");
     for delay_ms in [5, 20, 40, 80, 120, 200, 300, 500] {
@@ -337,6 +376,7 @@ fn tpm_key_without_pcrs_rotates_while_serving() {
             shared_tpm: true,
         },
         SignerKind::Tpm,
+        false,
     );
 }
 
@@ -344,11 +384,7 @@ fn tpm_key_without_pcrs_rotates_while_serving() {
 /// the old key serving, and the daemon logs and audits why.
 #[test]
 fn a_failed_switch_keeps_the_old_key_serving() {
-    let (c, pod) = start(NodeKey {
-        signer: "software",
-        pcrs: None,
-        shared_tpm: false,
-    });
+    let (c, pod) = start(NodeKey::software());
     let old_kid = kid(&token(&c, &pod).unwrap());
     let state = c.path().join("state");
     let staged = state.join("keys").join(".new");
