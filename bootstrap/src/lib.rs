@@ -16,6 +16,7 @@ mod lock;
 mod membership;
 mod migrate;
 mod node;
+mod node_args;
 mod pki;
 mod policy;
 mod prune;

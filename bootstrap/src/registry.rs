@@ -442,6 +442,32 @@ mod tests {
     }
 
     #[test]
+    fn retiring_keys_are_served_until_dropped() {
+        let (old, new) = (key(), key());
+        let before = NodeRecord::new("n1", &old, String::new(), 0, None);
+        let mut after = NodeRecord::new("n1", &new, String::new(), 0, None);
+        after.retiring.push(before.retire(1));
+        let doc = jwks([after.clone()]);
+        let kids: Vec<&str> = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        let mut want = vec![old.kid.as_str(), new.kid.as_str()];
+        want.sort();
+        assert_eq!(kids, want);
+        assert_eq!(after.public_keys().len(), 2);
+        let v = serde_json::to_value(&after).unwrap();
+        assert_eq!(v["retiring"][0]["kid"], old.kid);
+        let plain = serde_json::to_value(&before).unwrap();
+        assert!(
+            plain.get("retiring").is_none(),
+            "records without retiring keys keep their shape"
+        );
+    }
+
+    #[test]
     fn unbound_records_carry_no_pcr_fields() {
         let r = NodeRecord::new("n1", &key(), String::new(), 0, None);
         let v = serde_json::to_value(&r).unwrap();
