@@ -267,6 +267,43 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
     let rot: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("rotation.json")).unwrap()).unwrap();
     let due = rot["remove_after"].as_u64().unwrap();
+    // `jss inspect --config` and `node status` show the pending removal.
+    let p = c.pod(&pod);
+    let cfg = c.path().join("config.toml").display().to_string();
+    let inspect = ok(Command::new(bin("jss"))
+        .args(["inspect", "--config", &cfg, "--pid", &p.pid().to_string()])
+        .output()
+        .unwrap());
+    assert!(
+        inspect.contains(&format!("\"old_kid\": \"{old_kid}\"")),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains(&format!("\"remove_after\": {due}")),
+        "{inspect}"
+    );
+    let status = ok(Command::new(bin("jss-bootstrap"))
+        .args([
+            "node",
+            "status",
+            "--state-dir",
+            &state.display().to_string(),
+            "--signer",
+            signer,
+            "--tcti",
+            &c.tcti,
+        ])
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap());
+    assert!(
+        status.contains(&format!("rotation:     from kid {old_kid} to {new_kid}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("kid:          {new_kid}")),
+        "{status}"
+    );
     while unix_now() <= due {
         std::thread::sleep(Duration::from_millis(500));
     }
