@@ -462,3 +462,36 @@ fn a_failed_switch_keeps_the_old_key_serving() {
     assert_eq!(kid(&t), old_kid);
     ok(login(&c, &t));
 }
+
+/// The intended use: PCR 7 changes (a Secure Boot update), the daemon
+/// refuses to sign with the old key, and a rotation binds a new key to the
+/// new state while the daemon runs.
+#[test]
+fn a_changed_boot_state_is_recovered_by_rotating() {
+    let (c, pod) = start(NodeKey {
+        signer: "tpm",
+        pcrs: Some("7"),
+        shared_tpm: true,
+    });
+    let old_kid = kid(&token(&c, &pod).unwrap());
+    let extend = Command::new("tpm2_pcrextend")
+        .args(["-T", &c.tcti, &format!("7:sha256={}", "cd".repeat(32))])
+        .output()
+        .unwrap();
+    assert!(
+        extend.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extend.stderr)
+    );
+    let refused = token(&c, &pod).unwrap_err();
+    assert!(refused.contains("boot state changed"), "{refused}");
+
+    let out = ok(register(&c, "tpm", true, &["--no-wait"]));
+    assert!(
+        out.contains("pcrs sha256:7") || out.contains("pcrs 7"),
+        "{out}"
+    );
+    let t = token(&c, &pod).unwrap();
+    assert_ne!(kid(&t), old_kid);
+    ok(login(&c, &t));
+}
