@@ -9,17 +9,21 @@
 pub mod cli;
 mod cluster;
 pub mod csr;
+mod daemon;
 mod discovery;
 mod jwks;
 mod lock;
 mod membership;
 mod migrate;
 mod node;
+mod node_args;
 mod pki;
 mod policy;
 mod prune;
 mod register;
 mod registry;
+mod rotate;
+mod rotate_args;
 mod vault;
 mod view;
 

@@ -128,7 +128,19 @@ pub async fn status(
             say!(out, "pcrs:         none");
         }
     }
-    match Chain::load(&key_cfg.state_dir, s.public_key()) {
+    if let Some(r) = jss::state::rotation::read(&key_cfg.state_dir)? {
+        let removal = match r.remove_after {
+            Some(t) => format!("removable after {}", unix_to_string(t)),
+            None => "daemon switch not confirmed yet".into(),
+        };
+        say!(
+            out,
+            "rotation:     from kid {} to {} ({removal}): `jss-bootstrap node register` completes it",
+            r.old_kid,
+            r.new_kid.as_deref().unwrap_or("(not created yet)")
+        );
+    }
+    match Chain::load(&crate::node::key_dir(key_cfg)?, s.public_key()) {
         Ok(c) => {
             let left = c.remaining_fraction(SystemTime::now()) * 100.0;
             say!(out, "certificate:  {}", c.subject());

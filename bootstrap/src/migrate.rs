@@ -30,7 +30,7 @@ pub async fn static_keys(v: &Vault, reg: &Registry) -> Result<Keys, MigrateError
         .all(v)
         .await?
         .into_values()
-        .filter_map(|r| r.public_key())
+        .flat_map(|r| r.public_keys())
         .map(|k| k.spki_pem())
         .collect();
     Ok(Keys::Static { registry })
@@ -46,8 +46,11 @@ pub async fn jwks_keys(
     wait: Duration,
 ) -> Result<Keys, MigrateError> {
     let records = reg.all(v).await?;
-    let kids: std::collections::BTreeSet<String> =
-        records.values().map(|r| r.kid.clone()).collect();
+    let kids: std::collections::BTreeSet<String> = records
+        .values()
+        .flat_map(|r| r.public_keys())
+        .map(|k| k.kid)
+        .collect();
     if let Some(cfg) = register::read_config(v, &reg.mount).await?
         && cfg.jwks_url().is_none()
     {

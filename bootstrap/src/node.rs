@@ -62,6 +62,15 @@ pub enum NodeError {
         path: PathBuf,
         source: jss::state::StateError,
     },
+    #[error(transparent)]
+    Layout(#[from] jss::state::StateError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+}
+
+/// The directory of the current key version (key file and chain.pem).
+pub(crate) fn key_dir(cfg: &SignerConfig) -> Result<PathBuf, NodeError> {
+    Ok(jss::state::layout::current(&cfg.state_dir)?.dir)
 }
 
 /// Writes one report line; a closed stdout must not fail a registration.
@@ -97,7 +106,10 @@ pub fn open_key(
 
 /// Reads the root CA and checks the mount is initialised: the first Vault
 /// calls, made before anything is written locally.
-async fn preflight(v: &Vault, spec: &SignSpec) -> Result<(Vec<u8>, MountConfig), NodeError> {
+pub(crate) async fn preflight(
+    v: &Vault,
+    spec: &SignSpec,
+) -> Result<(Vec<u8>, MountConfig), NodeError> {
     let root = pki::root_ca(v, &spec.pki_mount)
         .await?
         .ok_or_else(|| NodeError::NoRoot {
@@ -120,7 +132,7 @@ async fn preflight(v: &Vault, spec: &SignSpec) -> Result<(Vec<u8>, MountConfig),
 }
 
 /// Whether the chain ends in the given root certificate.
-fn chain_has_root(c: &Chain, root_der: &[u8]) -> bool {
+pub(crate) fn chain_has_root(c: &Chain, root_der: &[u8]) -> bool {
     c.certificates()
         .last()
         .and_then(|r| r.to_der().ok())
@@ -141,7 +153,7 @@ pub async fn register(
     let (root_der, cfg) = preflight(v, spec).await?;
     let signer = open_key(key_cfg, KeyPolicy::CreateIfMissing, out)?;
     let key = signer.public_key().clone();
-    let dir = &key_cfg.state_dir;
+    let dir = &key_dir(key_cfg)?;
     let existing = match Chain::load(dir, &key) {
         Ok(c) => Some(c),
         Err(ChainError::Missing { .. }) => None,
@@ -208,7 +220,7 @@ pub async fn register(
 }
 
 /// The registry record of a node key and its chain.
-fn record(
+pub(crate) fn record(
     node: &str,
     key: &NodePublicKey,
     c: &Chain,
@@ -225,7 +237,7 @@ fn record(
 
 /// Writes the registry record, then (static mode) adds the key to the mount.
 /// In JWKS mode the record is all: the discovery server serves it.
-async fn publish(
+pub(crate) async fn publish(
     v: &Vault,
     target: &Target,
     cfg: &MountConfig,
@@ -273,7 +285,7 @@ fn same_subject(c: &Chain, id: &NodeIdentity) -> bool {
 
 /// Has Vault sign the CSR and checks the answer: the chain must verify and
 /// its certificate must hold exactly `key`.
-async fn sign_and_check(
+pub(crate) async fn sign_and_check(
     v: &Vault,
     spec: &SignSpec,
     csr_pem: &str,
@@ -396,11 +408,12 @@ pub fn install_chain(
         source,
     })?;
     let c = Chain::from_pem(&pem, signer.public_key())?;
-    c.write(&key_cfg.state_dir)?;
+    let dir = key_dir(key_cfg)?;
+    c.write(&dir)?;
     say!(
         out,
         "created  {} with {} (valid until {})",
-        key_cfg.state_dir.join(chain::CHAIN_FILE).display(),
+        dir.join(chain::CHAIN_FILE).display(),
         c.subject(),
         unix_to_string(c.not_after_unix())
     );

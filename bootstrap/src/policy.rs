@@ -160,12 +160,15 @@ impl Paths {
 
     /// `node register`, `node renew`, `node sign`.
     pub fn register(&self) -> String {
+        // The roles are read by `--rotate`: their leeways say when the old
+        // key's tokens are dead.
         format!(
-            "path \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/sign-intermediate\" {{\n  capabilities = [\"update\"]\n}}\n{}{}{}",
+            "path \"{pki}/cert/ca\" {{\n  capabilities = [\"read\"]\n}}\npath \"{pki}/root/sign-intermediate\" {{\n  capabilities = [\"update\"]\n}}\npath \"auth/{m}/role\" {{\n  capabilities = [\"list\"]\n}}\npath \"auth/{m}/role/*\" {{\n  capabilities = [\"read\"]\n}}\n{}{}{}",
             self.config(),
             self.lock(),
             self.registry(RECORD_WRITE),
-            pki = self.pki_mount
+            pki = self.pki_mount,
+            m = self.mount
         )
     }
 

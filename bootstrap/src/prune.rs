@@ -218,10 +218,9 @@ async fn mount_accessor(v: &Vault, mount: &str) -> Result<String, PruneError> {
         })
 }
 
-/// Every role on the mount must record logins (maps the last-use claim) and
-/// bound its tokens' life below `older_than`.
-async fn check_roles(v: &Vault, spec: &PruneSpec) -> Result<(), PruneError> {
-    let list_path = format!("auth/{}/role", spec.mount);
+/// Every role of the JWT mount `mount`, with its settings (Vault's `data`).
+pub(crate) async fn roles(v: &Vault, mount: &str) -> Result<Vec<(String, Value)>, VaultError> {
+    let list_path = format!("auth/{mount}/role");
     let listed = absent_as_none(
         v.raw(
             "list the roles of the cluster's mount",
@@ -232,9 +231,8 @@ async fn check_roles(v: &Vault, spec: &PruneSpec) -> Result<(), PruneError> {
         .await,
     )?
     .flatten();
-    let roles = strings(listed.as_ref().and_then(|b| b.pointer("/data/keys")));
-    let mut longest = 0;
-    for role in roles {
+    let mut out = Vec::new();
+    for role in strings(listed.as_ref().and_then(|b| b.pointer("/data/keys"))) {
         let path = format!("{list_path}/{role}");
         let body = v
             .raw(
@@ -246,6 +244,16 @@ async fn check_roles(v: &Vault, spec: &PruneSpec) -> Result<(), PruneError> {
             .await?
             .and_then(|mut b| b.get_mut("data").map(Value::take))
             .unwrap_or(Value::Null);
+        out.push((role, body));
+    }
+    Ok(out)
+}
+
+/// Every role on the mount must record logins (maps the last-use claim) and
+/// bound its tokens' life below `older_than`.
+async fn check_roles(v: &Vault, spec: &PruneSpec) -> Result<(), PruneError> {
+    let mut longest = 0;
+    for (role, body) in roles(v, &spec.mount).await? {
         let maps_last_use = body
             .pointer("/claim_mappings")
             .and_then(Value::as_object)

@@ -59,6 +59,34 @@ pub struct NodeRecord {
     /// TPM2_PolicyPCR digest (lowercase hex); absent when unbound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_digest: Option<String>,
+    /// Keys this node rotated away from whose tokens may still be alive:
+    /// served in the JWKS (and kept in a static mount) until the rotation
+    /// removes them (README, "Rotating the node key").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringKey>,
+}
+
+/// A node's previous key, still registered until its tokens have expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiringKey {
+    pub kid: String,
+    pub jwk: Jwk,
+    /// Unix seconds: when the node registered its next key.
+    pub since: u64,
+}
+
+impl RetiringKey {
+    /// The key, if the JWK is a P-256 point whose thumbprint is `kid`.
+    pub fn public_key(&self) -> Option<NodePublicKey> {
+        key_of(&self.jwk, &self.kid)
+    }
+}
+
+fn key_of(jwk: &Jwk, kid: &str) -> Option<NodePublicKey> {
+    let x = B64.decode(&jwk.x).ok()?;
+    let y = B64.decode(&jwk.y).ok()?;
+    let k = NodePublicKey::from_coordinates(&x, &y).ok()?;
+    (k.kid == kid && &k.jwk() == jwk).then_some(k)
 }
 
 impl NodeRecord {
@@ -85,6 +113,7 @@ impl NodeRecord {
             not_after,
             pcrs,
             policy_digest,
+            retiring: Vec::new(),
         }
     }
 
@@ -100,12 +129,29 @@ impl NodeRecord {
 
     /// The key, if the JWK is a P-256 point whose thumbprint is `kid`.
     pub fn public_key(&self) -> Option<NodePublicKey> {
-        let x = B64.decode(&self.jwk.x).ok()?;
-        let y = B64.decode(&self.jwk.y).ok()?;
-        let k = NodePublicKey::from_coordinates(&x, &y).ok()?;
-        (k.kid == self.kid && k.jwk() == self.jwk).then_some(k)
+        key_of(&self.jwk, &self.kid)
+    }
+
+    /// The valid keys of the record: its key, then the retiring ones.
+    pub fn public_keys(&self) -> Vec<NodePublicKey> {
+        self.public_key()
+            .into_iter()
+            .chain(self.retiring.iter().filter_map(RetiringKey::public_key))
+            .collect()
+    }
+
+    /// This record's key as a retiring key of the node's next one.
+    pub fn retire(&self, since: u64) -> RetiringKey {
+        RetiringKey {
+            kid: self.kid.clone(),
+            jwk: self.jwk.clone(),
+            since,
+        }
     }
 }
+
+/// Check-and-set writes of one record before giving up as contended.
+const ATTEMPTS: u32 = 5;
 
 /// Where one cluster's records live.
 #[derive(Debug, Clone)]
@@ -176,13 +222,20 @@ impl Registry {
     /// Writes `rec` for its node with check-and-set; keeps `registered`
     /// when the node keeps its key.
     pub async fn put(&self, v: &Vault, mut rec: NodeRecord) -> Result<Put, RegistryError> {
-        const ATTEMPTS: u32 = 5;
-        let rel = self.rel(&rec.node);
         let full = self.full(&rec.node);
         for _ in 0..ATTEMPTS {
             let current = self.get(v, &rec.node).await?;
             let (cas, outcome) = match &current {
                 None => (0, Put::Created),
+                Some((_, old))
+                    if old.kid == rec.kid && rec.retiring.is_empty() && {
+                        // The same key keeps the keys it is retiring.
+                        rec.retiring.clone_from(&old.retiring);
+                        old.same_as(&rec)
+                    } =>
+                {
+                    return Ok(Put::Found);
+                }
                 Some((_, old)) if old.same_as(&rec) => return Ok(Put::Found),
                 Some((ver, old)) if old.kid == rec.kid => {
                     rec.registered = old.registered;
@@ -190,26 +243,8 @@ impl Registry {
                 }
                 Some((ver, _)) => (*ver, Put::Replaced),
             };
-            let cas = u32::try_from(cas).map_err(|_| VaultError::Answer {
-                what: "write a registry record".into(),
-                detail: format!("version {cas} of {full} is out of range"),
-            })?;
-            let r = v
-                .call("write a registry record", &full, || {
-                    kv2::set_with_options(
-                        v.client(),
-                        &self.kv_mount,
-                        &rel,
-                        &rec,
-                        SetSecretRequestOptions { cas },
-                    )
-                })
-                .await;
-            match r {
-                Ok(_) => return Ok(outcome),
-                // Another writer of this node won the version: read again.
-                Err(VaultError::Api { code: 400, .. }) => continue,
-                Err(e) => return Err(e.into()),
+            if self.write_at(v, &rec, cas).await? {
+                return Ok(outcome);
             }
         }
         Err(RegistryError::Contended {
@@ -217,6 +252,65 @@ impl Registry {
             node: rec.node.clone(),
             attempts: ATTEMPTS,
         })
+    }
+
+    /// Takes `kid` out of `node`'s retiring keys (check-and-set); false if
+    /// it was not there.
+    pub async fn drop_retiring(
+        &self,
+        v: &Vault,
+        node: &str,
+        kid: &str,
+    ) -> Result<bool, RegistryError> {
+        for _ in 0..ATTEMPTS {
+            let Some((ver, mut rec)) = self.get(v, node).await? else {
+                return Ok(false);
+            };
+            let before = rec.retiring.len();
+            rec.retiring.retain(|r| r.kid != kid);
+            if rec.retiring.len() == before {
+                return Ok(false);
+            }
+            if self.write_at(v, &rec, ver).await? {
+                return Ok(true);
+            }
+        }
+        Err(RegistryError::Contended {
+            path: self.full(node),
+            node: node.into(),
+            attempts: ATTEMPTS,
+        })
+    }
+
+    /// Writes `rec` if its node's record is still at `version` (0: absent);
+    /// false when another writer won that version (read again).
+    async fn write_at(
+        &self,
+        v: &Vault,
+        rec: &NodeRecord,
+        version: u64,
+    ) -> Result<bool, RegistryError> {
+        let (rel, full) = (self.rel(&rec.node), self.full(&rec.node));
+        let cas = u32::try_from(version).map_err(|_| VaultError::Answer {
+            what: "write a registry record".into(),
+            detail: format!("version {version} of {full} is out of range"),
+        })?;
+        let r = v
+            .call("write a registry record", &full, || {
+                kv2::set_with_options(
+                    v.client(),
+                    &self.kv_mount,
+                    &rel,
+                    rec,
+                    SetSecretRequestOptions { cas },
+                )
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(VaultError::Api { code: 400, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes a node's record with all its versions; false if it was absent.
@@ -305,12 +399,11 @@ impl Registry {
 pub fn jwks(records: impl IntoIterator<Item = NodeRecord>) -> serde_json::Value {
     let mut keys: Vec<Jwk> = records
         .into_iter()
-        .filter_map(|r| match r.public_key() {
-            Some(k) => Some(k.jwk()),
-            None => {
+        .flat_map(|r| {
+            if r.public_key().is_none() {
                 tracing::warn!(node = %r.node, kid = %r.kid, "registry record with an invalid JWK left out of the JWKS");
-                None
             }
+            r.public_keys().into_iter().map(|k| k.jwk())
         })
         .collect();
     keys.sort_by(|a, b| a.kid.cmp(&b.kid));
@@ -346,6 +439,32 @@ mod tests {
         assert_eq!(keys[0]["alg"], "ES256");
         assert_eq!(keys[0]["use"], "sig");
         assert!(keys[0].get("x5c").is_none());
+    }
+
+    #[test]
+    fn retiring_keys_are_served_until_dropped() {
+        let (old, new) = (key(), key());
+        let before = NodeRecord::new("n1", &old, String::new(), 0, None);
+        let mut after = NodeRecord::new("n1", &new, String::new(), 0, None);
+        after.retiring.push(before.retire(1));
+        let doc = jwks([after.clone()]);
+        let kids: Vec<&str> = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        let mut want = vec![old.kid.as_str(), new.kid.as_str()];
+        want.sort();
+        assert_eq!(kids, want);
+        assert_eq!(after.public_keys().len(), 2);
+        let v = serde_json::to_value(&after).unwrap();
+        assert_eq!(v["retiring"][0]["kid"], old.kid);
+        let plain = serde_json::to_value(&before).unwrap();
+        assert!(
+            plain.get("retiring").is_none(),
+            "records without retiring keys keep their shape"
+        );
     }
 
     #[test]

@@ -74,7 +74,43 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub daemon: Daemon,
     _kubelet: KubeletStandin,
-    _tpm: Swtpm,
+    _tpm: Option<Swtpm>,
+    /// The TPM connection every client uses (empty for a software key).
+    pub tcti: String,
+    _proxy: Option<crate::tpm_proxy::TpmProxy>,
+}
+
+/// How [`Cluster::start_node`] sets up the node key.
+#[derive(Debug, Clone)]
+pub struct NodeKey {
+    /// `tpm` or `software`.
+    pub signer: &'static str,
+    /// `--pcrs` for registration (`None`: the default).
+    pub pcrs: Option<&'static str>,
+    /// Put the test tooling's TPM proxy in front of swtpm, so the daemon,
+    /// `jss-bootstrap` and tpm2-tools can use the TPM at the same time.
+    pub shared_tpm: bool,
+}
+
+impl NodeKey {
+    /// A software key (no TPM).
+    pub fn software() -> Self {
+        Self {
+            signer: "software",
+            pcrs: None,
+            shared_tpm: false,
+        }
+    }
+}
+
+impl Default for NodeKey {
+    fn default() -> Self {
+        Self {
+            signer: "tpm",
+            pcrs: None,
+            shared_tpm: false,
+        }
+    }
 }
 
 /// The cgroup layout of this host: v2 if there is one, else v1.
@@ -113,33 +149,56 @@ impl Cluster {
     /// `cluster init` with `init_args` added, a TPM node registered, the
     /// daemon serving `pods` with `daemon_extra` TOML at the config's top level.
     pub fn start(init_args: &[&str], daemon_extra: &str, pods: &[&PodDef]) -> Self {
+        Self::start_node(init_args, daemon_extra, pods, &NodeKey::default())
+    }
+
+    /// As [`Cluster::start`], with the node key set up as `key` says.
+    pub fn start_node(
+        init_args: &[&str],
+        daemon_extra: &str,
+        pods: &[&PodDef],
+        key: &NodeKey,
+    ) -> Self {
         let bao = Bao::start();
         let mut init = vec!["cluster", "init", "--cluster", CLUSTER, "--region", REGION];
         init.extend_from_slice(init_args);
         bootstrap(&bao, &init);
-        let tpm = Swtpm::start();
+        let tpm = (key.signer == "tpm").then(Swtpm::start);
+        let proxy = match &tpm {
+            Some(t) if key.shared_tpm => Some(
+                crate::tpm_proxy::TpmProxy::start(t.port(), std::time::Duration::ZERO, &[])
+                    .unwrap_or_else(|e| panic!("TPM proxy: {e}")),
+            ),
+            _ => None,
+        };
+        let tcti = match (&proxy, &tpm) {
+            (Some(p), _) => p.tcti(),
+            (None, Some(t)) => t.tcti(),
+            (None, None) => String::new(),
+        };
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let state = dir.path().join("state");
         let state_s = state.display().to_string();
-        bootstrap(
-            &bao,
-            &[
-                "node",
-                "register",
-                "--state-dir",
-                &state_s,
-                "--cluster",
-                CLUSTER,
-                "--region",
-                REGION,
-                "--node",
-                "node-1",
-                "--signer",
-                "tpm",
-                "--tcti",
-                &tpm.tcti(),
-            ],
-        );
+        let mut register = vec![
+            "node",
+            "register",
+            "--state-dir",
+            &state_s,
+            "--cluster",
+            CLUSTER,
+            "--region",
+            REGION,
+            "--node",
+            "node-1",
+            "--signer",
+            key.signer,
+            "--tcti",
+            &tcti,
+        ];
+        if let Some(p) = key.pcrs {
+            register.extend(["--pcrs", p]);
+        }
+        bootstrap(&bao, &register);
         let kubelet = KubeletStandin::start(pod_list(
             &pods
                 .iter()
@@ -167,7 +226,7 @@ audiences = ["vault"]
 audit_log = "{d}/audit.log"
 {daemon_extra}
 [signer]
-kind = "tpm"
+kind = "{kind}"
 tcti = "{tcti}"
 
 [kubelet]
@@ -175,7 +234,7 @@ url = "{url}"
 token_path = "{token}"
 ca_path = "{ca}"
 "#,
-            tcti = tpm.tcti(),
+            kind = key.signer,
             url = kubelet.url(),
             token = kubelet.token_path().display(),
             ca = kubelet.ca_path().display(),
@@ -187,6 +246,8 @@ ca_path = "{ca}"
             daemon,
             _kubelet: kubelet,
             _tpm: tpm,
+            tcti,
+            _proxy: proxy,
         }
     }
 

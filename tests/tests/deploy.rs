@@ -305,6 +305,7 @@ fn systemd_units_wire_socket_bootstrap_and_hardening() {
     for line in [
         "Type=oneshot",
         "ConditionPathExists=!/var/lib/jss/chain.pem",
+        "ConditionPathExists=!/var/lib/jss/current",
         "Before=jss.service",
         "LoadCredential=vault-token:/etc/jss/vault-token",
     ] {

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::Instrument as _;
 
 use super::audit::AuditRecord;
-use super::{App, Code, Refusal};
+use super::{App, Code, Keys, Refusal};
 use crate::attest::{Peer, PeerProcess, Workload};
 use crate::cache::{CacheKey, CachedToken};
 use crate::signer::{Priority, QueueError};
@@ -36,6 +36,8 @@ pub(super) struct Unsigned {
     pub input: String,
     pub jti: String,
     pub exp: u64,
+    /// The key version whose header `input` carries: it must sign it.
+    pub keys: Arc<Keys>,
 }
 
 pub(super) fn now_unix() -> u64 {
@@ -132,7 +134,12 @@ impl App {
                 .signing_input(&SvidClaims::new(claims, id.to_string())),
         }
         .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
-        Ok(Unsigned { input, jti, exp })
+        Ok(Unsigned {
+            input,
+            jti,
+            exp,
+            keys,
+        })
     }
 
     /// Cache → claims → signer for an attested workload.
@@ -160,7 +167,7 @@ impl App {
         }
         let unsigned = self.unsigned(workload, audience, spiffe_id.as_deref(), now)?;
         let token = CachedToken {
-            token: self.sign(unsigned.input).await?,
+            token: self.sign(&unsigned.keys, unsigned.input).await?,
             jti: unsigned.jti,
             iat: now,
             exp: unsigned.exp,
@@ -179,8 +186,8 @@ impl App {
     /// Signs the signing `input` ahead of any refresh. Past
     /// `limits.signer_queue` callers waiting: 503 `overloaded`, Retry-After
     /// the measured time the queue ahead needs.
-    async fn sign(&self, input: String) -> Result<String, Refusal> {
-        match self.signing.sign(input, Priority::Caller).await {
+    async fn sign(&self, keys: &Keys, input: String) -> Result<String, Refusal> {
+        match keys.signing.sign(input, Priority::Caller).await {
             Ok((input, sig)) => {
                 self.signer_health.record(Ok(()));
                 Ok(TokenEncoder::finish(input, &sig))
@@ -212,6 +219,7 @@ impl App {
             return outcome;
         }
         match self
+            .keys()
             .signing
             .sign(
                 "jss readiness probe".into(),

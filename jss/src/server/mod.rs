@@ -16,6 +16,7 @@ mod metrics;
 pub mod readiness;
 pub mod refresh;
 mod refusal;
+mod reload;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -65,8 +66,12 @@ pub enum ServerError {
     SignerTask(#[from] tokio::task::JoinError),
 }
 
-/// What depends on the chain: swapped as a whole on SIGHUP.
+/// The node key, its signing queue and what depends on its chain: swapped
+/// as a whole on SIGHUP, so a token's header and signature always come
+/// from one key version.
 pub struct Keys {
+    pub signer: Arc<dyn Signer>,
+    pub signing: Arc<SignQueue>,
     pub encoder: Arc<TokenEncoder>,
     /// JWT-SVIDs: the same key, header `alg`/`kid`/`typ` only (no `x5c`).
     pub svid_encoder: Arc<TokenEncoder>,
@@ -77,15 +82,15 @@ pub struct Keys {
 /// Everything a request needs, built once from the config.
 pub struct App {
     pub cfg: Config,
-    pub signer: Arc<dyn Signer>,
     pub attestor: Attestor,
     pub claims: ClaimsBuilder,
     pub cache: TokenCache,
     pub metrics: Metrics,
     audit: audit::Audit,
     keys: RwLock<Arc<Keys>>,
-    signing: SignQueue,
     signer_health: readiness::SignerHealth,
+    /// One SIGHUP reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -95,7 +100,16 @@ impl App {
         signer: Arc<dyn Signer>,
         pods: Arc<dyn PodSource>,
     ) -> Result<Self, ServerError> {
-        let keys = load_keys(&cfg, signer.as_ref())?;
+        let signing = Arc::new(SignQueue::new(
+            Arc::clone(&signer),
+            cfg.limits.signer_queue,
+            cfg.cache.refresh_max,
+        ));
+        let stats = signing.stats();
+        let dir = crate::state::layout::current(&cfg.state_dir)
+            .map_err(SignerError::from)?
+            .dir;
+        let keys = load_keys(&dir, signer, signing)?;
         let facts = NodeFacts {
             issuer: cfg.issuer.clone(),
             cluster_name: cfg.cluster_name.clone(),
@@ -108,11 +122,6 @@ impl App {
                 path: cfg.audit_log.clone().unwrap_or_default(),
                 source,
             })?;
-        let signing = SignQueue::new(
-            Arc::clone(&signer),
-            cfg.limits.signer_queue,
-            cfg.cache.refresh_max,
-        );
         Ok(Self {
             attestor: Attestor::new(cfg.proc_root.clone(), Arc::clone(&pods)),
             claims: ClaimsBuilder::new(facts, cfg.sub_template.clone(), cfg.token_ttl_seconds),
@@ -121,12 +130,11 @@ impl App {
             } else {
                 0
             }),
-            metrics: Metrics::new(pods, crate::attest::guard_supported(), signing.stats()),
+            metrics: Metrics::new(pods, crate::attest::guard_supported(), stats),
             audit,
             keys: RwLock::new(Arc::new(keys)),
-            signing,
             signer_health: readiness::SignerHealth::default(),
-            signer,
+            reloading: tokio::sync::Mutex::new(()),
             cfg,
         })
     }
@@ -135,17 +143,38 @@ impl App {
         Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Re-reads chain.pem (SIGHUP). On error the old chain stays in use.
+    /// The node key in use now.
+    pub fn signer(&self) -> Arc<dyn Signer> {
+        Arc::clone(&self.keys().signer)
+    }
+
+    /// Re-reads the current version's chain.pem for the key in use. On
+    /// error the old chain stays in use.
     pub fn reload_chain(&self) -> Result<(), ServerError> {
-        let keys = load_keys(&self.cfg, self.signer.as_ref())?;
+        let old = self.keys();
+        let dir = crate::state::layout::current(&self.cfg.state_dir)
+            .map_err(SignerError::from)?
+            .dir;
+        let keys = load_keys(&dir, Arc::clone(&old.signer), Arc::clone(&old.signing))?;
+        self.install(keys);
+        Ok(())
+    }
+
+    /// Puts `keys` in use for every request that starts from now on;
+    /// cached tokens of the previous keys are dropped.
+    fn install(&self, keys: Keys) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         self.cache.clear();
-        Ok(())
     }
 }
 
-fn load_keys(cfg: &Config, signer: &dyn Signer) -> Result<Keys, ServerError> {
-    let chain = Chain::load(&cfg.state_dir, signer.public_key())?;
+/// The keys of `signer` with the chain in the version directory `dir`.
+fn load_keys(
+    dir: &std::path::Path,
+    signer: Arc<dyn Signer>,
+    signing: Arc<SignQueue>,
+) -> Result<Keys, ServerError> {
+    let chain = Chain::load(dir, signer.public_key())?;
     let left = chain.remaining_fraction(SystemTime::now());
     if left < 0.2 {
         tracing::warn!(
@@ -160,6 +189,8 @@ fn load_keys(cfg: &Config, signer: &dyn Signer) -> Result<Keys, ServerError> {
         svid_encoder: Arc::new(TokenEncoder::new(signer.kid(), None)?),
         chain_pem: chain.pem().to_string(),
         jwks,
+        signer,
+        signing,
     })
 }
 
@@ -170,7 +201,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let (signer, _) =
         tokio::task::spawn_blocking(move || crate::signer::open(&signer_cfg, KeyPolicy::MustExist))
             .await??;
-    load_keys(&cfg, signer.as_ref())?;
+    let dir = crate::state::layout::current(&cfg.state_dir)
+        .map_err(SignerError::from)?
+        .dir;
+    Chain::load(&dir, signer.public_key())?;
     let pods = crate::kubelet::KubeletPods::from_config(&cfg.kubelet)?;
     let app = Arc::new(App::new(cfg, signer, Arc::new(pods))?);
     serve(app).await
@@ -200,8 +234,8 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
     tracing::info!(
         socket = %app.cfg.socket.display(),
         systemd_socket = activated,
-        backend = %app.signer.backend(),
-        kid = app.signer.kid(),
+        backend = %app.signer().backend(),
+        kid = app.signer().kid(),
         "jss serving"
     );
     if crate::attest::guard_supported() != "pidfd" {
@@ -218,10 +252,8 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                match app.reload_chain() {
-                    Ok(()) => tracing::info!("SIGHUP: reloaded chain.pem"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old chain"),
-                }
+                // Off the accept loop: opening a TPM key may take a while.
+                tokio::spawn(Arc::clone(&app).reload());
                 continue;
             }
         };
@@ -236,6 +268,12 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            // Also while waiting for a connection: a quiet daemon must
+            // still switch keys when told.
+            _ = hup.recv() => {
+                tokio::spawn(Arc::clone(&app).reload());
+                continue;
+            }
         };
         let peer = Peer::of_socket(&app.cfg.proc_root, &stream);
         let conn = graceful.watch(connection(Arc::clone(&app), peer, stream));

@@ -38,6 +38,11 @@ impl SignerHealth {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), outcome));
     }
 
+    /// Forgets the last outcome (it was another key's).
+    pub fn clear(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The last outcome if it is younger than [`FRESH`].
     pub fn fresh(&self) -> Option<Result<(), Failure>> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());

@@ -52,7 +52,7 @@ impl App {
     /// for) and drops expired entries.
     pub fn refresh_pass(self: &Arc<Self>, now: u64) {
         self.cache.expire(now);
-        let room = self.signing.refresh_room();
+        let room = self.keys().signing.refresh_room();
         if room == 0 {
             return;
         }
@@ -80,7 +80,8 @@ impl App {
             let left = (due.iat + due.exp).div_ceil(2).saturating_sub(now);
             let deadline = std::time::Instant::now() + Duration::from_secs(left);
             let priority = Priority::Refresh { deadline };
-            let (input, sig) = match self.signing.sign(unsigned.input, priority).await {
+            let signing = &unsigned.keys.signing;
+            let (input, sig) = match signing.sign(unsigned.input, priority).await {
                 Ok(s) => s,
                 Err(QueueError::Signer(e)) => {
                     self.metrics.signer_error(e.reason());

@@ -209,7 +209,18 @@ pub fn open(
     cfg: &SignerConfig,
     policy: KeyPolicy,
 ) -> Result<(Arc<dyn Signer>, KeyOrigin), SignerError> {
-    let dir = &cfg.state_dir;
+    let version = crate::state::layout::current(&cfg.state_dir)?;
+    open_in(cfg, &version.dir, policy)
+}
+
+/// As [`open`], with the key file in `dir` (one version of
+/// `crate::state::layout`) rather than the current one.
+pub fn open_in(
+    cfg: &SignerConfig,
+    dir: &Path,
+    policy: KeyPolicy,
+) -> Result<(Arc<dyn Signer>, KeyOrigin), SignerError> {
+    let dir = &dir.to_path_buf();
     let tpm_blob = dir.join(TPM_KEY_FILE);
     let sw_key = dir.join(SOFTWARE_KEY_FILE);
     let backend = match cfg.kind {
@@ -278,11 +289,22 @@ pub struct KeyInfo {
     pub kid: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub binding: Option<PcrBinding>,
+    /// A rotation in progress: the old key and when it may be removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<crate::state::rotation::Rotation>,
 }
 
-/// Reads [`KeyInfo`] for the key in `state_dir` (the TPM blob if present,
-/// else the software key).
+/// Reads [`KeyInfo`] for the current key in `state_dir` (the TPM blob if
+/// present, else the software key).
 pub fn describe(state_dir: &Path) -> Result<KeyInfo, SignerError> {
+    let mut info = describe_in(&crate::state::layout::current(state_dir)?.dir)?;
+    info.rotation = crate::state::rotation::read(state_dir)?;
+    Ok(info)
+}
+
+/// Reads [`KeyInfo`] for the key in the version directory `dir`.
+pub fn describe_in(dir: &Path) -> Result<KeyInfo, SignerError> {
+    let state_dir = dir;
     let blob = state_dir.join(TPM_KEY_FILE);
     if blob.exists() {
         let (kid, binding) = describe_blob(&blob)?;
@@ -290,6 +312,7 @@ pub fn describe(state_dir: &Path) -> Result<KeyInfo, SignerError> {
             backend: Backend::Tpm.to_string(),
             kid,
             binding,
+            rotation: None,
         });
     }
     let sw = state_dir.join(SOFTWARE_KEY_FILE);
@@ -299,6 +322,7 @@ pub fn describe(state_dir: &Path) -> Result<KeyInfo, SignerError> {
             backend: Backend::Software.to_string(),
             kid: s.kid().to_string(),
             binding: None,
+            rotation: None,
         });
     }
     Err(SignerError::NoKey {

@@ -134,10 +134,21 @@ impl SignQueue {
     /// Starts the signing thread for a TPM key. At most `max_callers`
     /// callers and `max_refresh` refreshes wait at once.
     pub fn new(signer: Arc<dyn Signer>, max_callers: usize, max_refresh: usize) -> Self {
+        Self::with_stats(signer, max_callers, max_refresh, Arc::default())
+    }
+
+    /// As [`SignQueue::new`], counting into `stats` (shared with the queue
+    /// of the key it replaces, so `/metrics` goes on across a key switch).
+    pub fn with_stats(
+        signer: Arc<dyn Signer>,
+        max_callers: usize,
+        max_refresh: usize,
+        stats: Arc<QueueStats>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             wake: Condvar::new(),
-            stats: Arc::new(QueueStats::default()),
+            stats,
         });
         if signer.backend() == Backend::Tpm {
             let (s, sh) = (Arc::clone(&signer), Arc::clone(&shared));

@@ -46,7 +46,7 @@ pub fn start(app: &Arc<App>) -> Result<Option<SpiffeServer>, ServerError> {
         return Ok(None);
     };
     let listener = crate::server::bind_path(&spiffe.socket, spiffe.socket_mode)?;
-    let own: jsonwebtoken::jwk::Jwk = serde_json::to_value(app.signer.public_key().jwk())
+    let own: jsonwebtoken::jwk::Jwk = serde_json::to_value(app.signer().public_key().jwk())
         .and_then(serde_json::from_value)
         .map_err(|e| ServerError::Socket {
             path: spiffe.socket.clone(),

@@ -1,4 +1,5 @@
-//! The node's state directory: atomic, private writes and permission checks.
+//! The node's state directory: atomic, private writes and permission checks;
+//! the key versions and their pointer in [`layout`].
 //!
 //! Every state file (key blobs, chain) is written to a temporary file in the
 //! same directory, fsynced, renamed over the target and the directory fsynced,
@@ -8,6 +9,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+pub mod layout;
+pub mod rotation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -21,6 +25,10 @@ pub enum StateError {
         "{path} has mode {mode:04o}; a key file must not be readable by group or others: run `chmod 600 {path}`"
     )]
     LoosePermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "the key pointer {path} is unusable: {reason}; run `jss-bootstrap node register --rotate` to finish the rotation, or write the kid of a directory under keys/ into it"
+    )]
+    BadPointer { path: PathBuf, reason: String },
 }
 
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
