@@ -11,6 +11,8 @@ pub mod identity;
 pub mod mount;
 pub mod node;
 pub mod target;
+pub mod token;
+pub mod token_mount;
 pub mod volume;
 
 use std::path::{Path, PathBuf};
@@ -80,6 +82,8 @@ pub struct Plugin {
     pub pods: target::PodsDir,
     pub socket_dir: PathBuf,
     pub mounts: tokio::sync::Mutex<()>,
+    /// mode=token volumes and their refreshers.
+    pub tokens: token::TokenVolumes,
 }
 
 impl Plugin {
@@ -97,11 +101,17 @@ impl Plugin {
                 socket: config.socket.clone(),
             })?
             .to_path_buf();
+        // The daemon may wait its whole request timeout for a pod it does not list yet.
+        let tokens = token::TokenVolumes::new(
+            config.csi.pod_token_socket.clone(),
+            std::time::Duration::from_millis(config.limits.request_timeout_ms + 5_000),
+        );
         Ok(Self {
             config: Arc::new(config),
             pods,
             socket_dir,
             mounts: tokio::sync::Mutex::new(()),
+            tokens,
         })
     }
 }

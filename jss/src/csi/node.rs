@@ -41,8 +41,8 @@ pub enum NodeError {
         "the JSS socket directory {dir:?} does not exist in the plugin's container: mount the node's {dir:?} into it (daemonset/csi), and check that jss runs on this node"
     )]
     SocketDirMissing { dir: PathBuf },
-    #[error("mode=token needs the daemon's pod-token socket")]
-    TokenModeUnavailable,
+    #[error(transparent)]
+    Token(#[from] crate::csi::token::TokenError),
     #[error("cannot remove the target directory {target:?} after unmounting it: {source}")]
     Remove {
         target: PathBuf,
@@ -61,7 +61,8 @@ impl NodeError {
             Self::Target(_) => Code::InvalidArgument,
             // "Volume published but is incompatible".
             Self::OtherVolume { .. } => Code::AlreadyExists,
-            Self::SocketDirMissing { .. } | Self::TokenModeUnavailable => Code::FailedPrecondition,
+            Self::SocketDirMissing { .. } => Code::FailedPrecondition,
+            Self::Token(e) => e.code(),
             Self::Mount(_) | Self::Remove { .. } => Code::Internal,
         }
     }
@@ -110,7 +111,7 @@ impl NodeService {
             })?;
         match vol.mode {
             Mode::Socket => self.publish_socket(&target)?,
-            Mode::Token => return Err(NodeError::TokenModeUnavailable),
+            Mode::Token => self.plugin.tokens.publish(&target, &vol).await?,
         }
         let pod = vol.pod.as_ref();
         tracing::info!(
@@ -158,6 +159,8 @@ impl NodeService {
         else {
             return Ok(proto::NodeUnpublishVolumeResponse {});
         };
+        // A token volume's refresher must not write into the target once unmounted.
+        self.plugin.tokens.stop(&target);
         mount::unmount_all(&target)?;
         // The specification: the plugin deletes the directory it created.
         match std::fs::remove_dir(&target) {
