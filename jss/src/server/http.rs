@@ -121,7 +121,7 @@ pub(crate) fn record_refusal(app: &App, peer: &Peer, r: &Refusal) {
             "workload",
             namespace = %w.namespace,
             pod = %w.pod,
-            container = w.container.as_deref().unwrap_or_default()
+            container = %w.container.as_deref().unwrap_or_default()
         )
         .entered()
     });
