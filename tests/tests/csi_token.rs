@@ -16,7 +16,9 @@ use jss::csi::proto::node_client::NodeClient;
 use jss::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
 use jss::csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
 use jss_tests::cluster::{Cluster, MOUNT, PodDef, unix_now};
-use jss_tests::daemon::bin;
+use jss_tests::daemon::{Daemon, bin};
+use jss_tests::kubelet::{Ctr, Fault, PodBuilder, pod_list};
+use jss_tests::node::{NAMESPACE, Node, POD_NAME};
 use jss_tests::watch::{Tail, wait_for};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
@@ -346,4 +348,158 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
         "{}",
         String::from_utf8_lossy(&metrics)
     );
+}
+
+/// One request on the pod-token socket as root, the raw answer back.
+fn ask(socket: &Path, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: j\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `(status, error code)` of an answer.
+fn status_code(answer: &str) -> (u16, String) {
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let code = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_default();
+    (status, code)
+}
+
+/// The daemon side alone (software key, the kubelet stand-in): the pod
+/// check, including a pod still `Pending` at its first publish, and each
+/// refusal with its status and code.
+#[test]
+fn the_pod_token_socket_checks_the_pod_and_answers_per_the_refusal_contract() {
+    let run = tempfile::tempdir().unwrap();
+    let socket = run.path().join("jss-csi/jss.sock");
+    let node = Node::new(
+        jss::signer::SignerKind::Software,
+        &format!(
+            "[csi]\npod_token = true\npod_token_socket = \"{}\"\n",
+            socket.display()
+        ),
+    );
+    let d = Daemon::start(node.path(), &node.config);
+    let body = |ns: &str, pod: &str, uid: &str, sa: &str, aud: &str| {
+        serde_json::json!({"namespace": ns, "pod": pod, "pod_uid": uid, "service_account": sa, "audience": aud})
+            .to_string()
+    };
+    let ok = body(NAMESPACE, POD_NAME, &node.pod_uid, "demo-sa", "other");
+    let answer = ask(&socket, "POST", "/v1/pod-token", &ok);
+    assert_eq!(status_code(&answer).0, 200, "{answer}\n{}", d.stderr());
+    let v: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (_, cl) = claims(v["token"].as_str().unwrap());
+    assert_eq!(cl["aud"], "other");
+    assert_eq!(cl["pod-uid"], node.pod_uid.as_str());
+    assert!(cl.get("container").is_none(), "{cl}");
+    assert_eq!(v["expires_at"], cl["exp"]);
+
+    // At the first NodePublishVolume the pod is Pending, nothing runs yet.
+    let pending = PodBuilder::new(&node.pod_uid, NAMESPACE, POD_NAME)
+        .service_account("demo-sa")
+        .container(Ctr {
+            id: None,
+            state: "waiting".into(),
+            ..Ctr::running("app", "app:1", "")
+        })
+        .json();
+    let mut pending_v = pending.clone();
+    pending_v["status"]["phase"] = "Pending".into();
+    node.kubelet.set_pods(pod_list(&[pending_v]));
+    let answer = ask(&socket, "POST", "/v1/pod-token", &ok);
+    assert_eq!(status_code(&answer).0, 200, "{answer}");
+    let mut finished = pending;
+    finished["status"]["phase"] = "Succeeded".into();
+    node.kubelet.set_pods(pod_list(&[finished]));
+
+    let not_listed = body(
+        NAMESPACE,
+        POD_NAME,
+        "0b6f5c1e-9d8a-4c3b-a2e1-f0e9d8c7b6a5",
+        "demo-sa",
+        "vault",
+    );
+    for (method, path, body, want) in [
+        (
+            "POST",
+            "/v1/pod-token",
+            ok.clone(),
+            (403, "container_not_running"),
+        ),
+        ("POST", "/v1/pod-token", not_listed, (403, "pod_not_found")),
+        (
+            "POST",
+            "/v1/pod-token",
+            body(NAMESPACE, POD_NAME, &node.pod_uid, "admin", "vault"),
+            (403, "pod_mismatch"),
+        ),
+        (
+            "POST",
+            "/v1/pod-token",
+            body("kube-system", POD_NAME, &node.pod_uid, "demo-sa", "vault"),
+            (403, "pod_mismatch"),
+        ),
+        (
+            "POST",
+            "/v1/pod-token",
+            body(NAMESPACE, POD_NAME, &node.pod_uid, "demo-sa", "nope"),
+            (400, "bad_audience"),
+        ),
+        (
+            "POST",
+            "/v1/pod-token",
+            r#"{"namespace":"x"}"#.to_string(),
+            (400, "bad_request"),
+        ),
+        (
+            "POST",
+            "/v1/pod-token",
+            "not json".to_string(),
+            (400, "bad_request"),
+        ),
+        (
+            "GET",
+            "/v1/pod-token",
+            String::new(),
+            (405, "method_not_allowed"),
+        ),
+        ("POST", "/v1/token", ok.clone(), (404, "not_found")),
+    ] {
+        let answer = ask(&socket, method, path, &body);
+        let got = status_code(&answer);
+        assert_eq!(
+            (got.0, got.1.as_str()),
+            want,
+            "{method} {path} {body}: {answer}"
+        );
+    }
+    // The kubelet down: 503 with Retry-After.
+    node.kubelet.set_fault(Fault::Status(500));
+    let answer = ask(&socket, "POST", "/v1/pod-token", &ok);
+    let (status, code) = status_code(&answer);
+    assert_eq!(status, 503, "{answer}");
+    assert!(code.starts_with("kubelet_"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+
+    // Each refusal audited once, naming the pod and no container.
+    let audit = d.audit_lines();
+    let denied: Vec<&Value> = audit.iter().filter(|l| l["outcome"] == "denied").collect();
+    assert_eq!(denied.len(), 10, "{audit:?}");
+    let mismatch = denied.iter().find(|l| l["code"] == "pod_mismatch").unwrap();
+    assert_eq!(mismatch["pod"], POD_NAME, "{mismatch}");
+    assert!(mismatch["container"].is_null(), "{mismatch}");
 }
