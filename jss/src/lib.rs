@@ -7,7 +7,8 @@
 //! holds the node certificate chain and `state` owns the node's files; every
 //! refusal goes through `server`'s one contract (codes, statuses, audit).
 //! `workload` is the pod side: token files for agents and TSI's secret
-//! sidecar (`jss token --out`, `jss secrets`).
+//! sidecar (`jss token --out`, `jss secrets`). `csi` is the CSI node plugin
+//! (`jss csi`), a separate process that carries the socket into pods.
 
 pub mod attest;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod chain;
 pub mod claims;
 pub mod client;
 pub mod config;
+pub mod csi;
 pub mod inspect;
 pub mod kubelet;
 pub mod logging;

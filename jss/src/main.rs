@@ -57,6 +57,9 @@ enum Cmd {
     /// Show which pod and container a process belongs to, and why it would
     /// (not) get a token: JSON on stdout, the reason on stderr on failure.
     Inspect(jss::inspect::InspectArgs),
+    /// Serve the CSI node plugin (driver csi.jss.dev): inline volumes that
+    /// carry the JSS socket into pods that may not mount hostPath.
+    Csi(jss::csi::CsiArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 if ready { "/readyz" } else { "/healthz" },
                 Duration::from_secs(5),
             ))?;
+            Ok(())
+        }
+        Cmd::Csi(args) => {
+            let cfg = jss::config::Config::load(&args.config)?;
+            runtime()?.block_on(jss::csi::run(cfg, &args))?;
             Ok(())
         }
         Cmd::Inspect(args) => {

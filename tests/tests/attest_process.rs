@@ -12,7 +12,7 @@ use std::time::Duration;
 use jss::attest::{Attestor, PeerProcess, ReuseGuard, guard_supported, locate};
 use jss::inspect::{InspectArgs, run};
 use jss::kubelet::{
-    BoxFuture, KubeletPods, LookupError, PodMatch, PodQuery, PodSource, PodSourceStats,
+    BoxFuture, KubeletPods, LookupError, Pod, PodMatch, PodQuery, PodRef, PodSource, PodSourceStats,
 };
 use jss_tests::kubelet::{Ctr, KubeletStandin, PodBuilder, pod_list};
 use jss_tests::node::spawn_in;
@@ -259,6 +259,9 @@ impl PodSource for KillDuring {
             self.1.lock().unwrap().kill();
             r
         })
+    }
+    fn find_pod<'b>(&'b self, p: &'b PodRef) -> BoxFuture<'b, Result<Arc<Pod>, LookupError>> {
+        self.0.find_pod(p)
     }
     fn stats(&self) -> PodSourceStats {
         self.0.stats()

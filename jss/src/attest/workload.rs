@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::kubelet::PodMatch;
 pub use crate::kubelet::{ContainerKind, OwnerReference};
+use crate::kubelet::{Pod, PodMatch};
 
 /// One container of the pod: its spec image and, once the runtime reports
 /// them, its image's digests (README.md, "Token format").
@@ -47,6 +47,30 @@ pub struct Workload {
 impl Workload {
     pub fn from_match(m: PodMatch) -> Self {
         let pod = m.pod;
+        let status = pod.status(m.kind, &m.container_name);
+        // The spec's reference is what policies see; the status one only if the spec lacks it.
+        let image = pod
+            .spec(m.kind)
+            .iter()
+            .find(|c| c.name == m.container_name)
+            .map(|c| c.image.clone())
+            .filter(|i| !i.is_empty())
+            .or_else(|| status.and_then(|s| s.image.clone()))
+            .unwrap_or_default();
+        let digests = status.map(|s| s.digests.clone()).unwrap_or_default();
+        Workload {
+            container_name: m.container_name,
+            container_id: m.container_id,
+            image,
+            image_digest: digests.repo_digest,
+            image_id: digests.image_id,
+            ..Self::pod_level(&pod)
+        }
+    }
+
+    /// The pod as a whole, no container: what a pod-level token describes
+    /// (README.md, "Token mode"). The container fields are empty.
+    pub fn pod_level(pod: &Pod) -> Self {
         let mut images = Vec::new();
         for kind in [
             ContainerKind::Container,
@@ -67,28 +91,17 @@ impl Workload {
                 });
             }
         }
-        let status = pod.status(m.kind, &m.container_name);
-        // The spec's reference is what policies see; the status one only if the spec lacks it.
-        let image = pod
-            .spec(m.kind)
-            .iter()
-            .find(|c| c.name == m.container_name)
-            .map(|c| c.image.clone())
-            .filter(|i| !i.is_empty())
-            .or_else(|| status.and_then(|s| s.image.clone()))
-            .unwrap_or_default();
-        let digests = status.map(|s| s.digests.clone()).unwrap_or_default();
         Workload {
             namespace: pod.namespace.clone(),
             pod_name: pod.name.clone(),
             pod_uid: pod.uid.clone(),
             service_account: pod.service_account.clone(),
             node_name: pod.node_name.clone(),
-            container_name: m.container_name,
-            container_id: m.container_id,
-            image,
-            image_digest: digests.repo_digest,
-            image_id: digests.image_id,
+            container_name: String::new(),
+            container_id: String::new(),
+            image: String::new(),
+            image_digest: None,
+            image_id: None,
             images,
             labels: Arc::clone(&pod.labels),
             owner_references: Arc::clone(&pod.owner_references),

@@ -1,4 +1,4 @@
-//! Token cache keyed by (pod UID, container ID, audience, JSS token or JWT-SVID).
+//! Token cache keyed by (pod UID, container ID, audience, kind of token).
 //!
 //! A token is handed out again while at least half its lifetime remains, so a
 //! burst from one container costs one signature instead of queueing on the
@@ -21,8 +21,19 @@ pub struct CacheKey {
     pub pod_uid: String,
     pub container_id: String,
     pub audience: String,
-    /// A JWT-SVID rather than a JSS token for the same audience.
-    pub svid: bool,
+    pub kind: TokenKind,
+}
+
+/// Which token of a workload an entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// A JSS token for one container (`/v1/token`).
+    Jss,
+    /// A JWT-SVID for one container (the SPIFFE Workload API).
+    Svid,
+    /// A pod-level JSS token (the pod-token socket); its key's
+    /// `container_id` is empty.
+    Pod,
 }
 
 #[derive(Clone)]
@@ -214,7 +225,7 @@ mod tests {
             pod_uid: "p".into(),
             container_id: c.into(),
             audience: "vault".into(),
-            svid: false,
+            kind: TokenKind::Jss,
         }
     }
     fn tok(t: &str, iat: u64) -> CachedToken {

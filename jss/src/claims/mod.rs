@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
 pub use images::{images_hash, images_names};
-pub use sub::{DEFAULT_SUB_TEMPLATE, SubTemplate, SubTemplateError};
+pub use sub::{DEFAULT_SUB_TEMPLATE, POD_SUB_SUFFIX, SubTemplate, SubTemplateError};
 
 use crate::attest::{ContainerKind, Workload};
 
@@ -106,7 +106,9 @@ pub struct Claims<'a> {
     pub pod_uid: &'a str,
     #[serde(rename = "service-account")]
     pub service_account: &'a str,
-    pub container: &'a str,
+    /// The calling container; omitted from a pod-level token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<&'a str>,
     #[serde(rename = "images-names")]
     pub images_names: String,
     pub images: String,
@@ -118,6 +120,15 @@ pub struct Claims<'a> {
     /// Image ID (config digest) `sha256:<hex>`; omitted when not reported.
     #[serde(rename = "image-id", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<&'a str>,
+}
+
+/// What a token describes: the calling container (`/v1/token`, JWT-SVIDs),
+/// or a whole pod (the CSI plugin's token mode, README.md "Token mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Container,
+    /// No `container`, `image` or `image-id`; `sub` ends in [`POD_SUB_SUFFIX`].
+    Pod,
 }
 
 /// Builds claims for one node.
@@ -154,12 +165,25 @@ impl ClaimsBuilder {
         audience: &'a str,
         now: u64,
     ) -> Result<Claims<'a>, ClaimsError> {
+        self.build_as(w, Scope::Container, audience, now)
+    }
+
+    /// Claims of `scope` for `w` (for [`Scope::Pod`], a
+    /// [`Workload::pod_level`]); errors as [`Self::build`].
+    pub fn build_as<'a>(
+        &'a self,
+        w: &'a Workload,
+        scope: Scope,
+        audience: &'a str,
+        now: u64,
+    ) -> Result<Claims<'a>, ClaimsError> {
         // Spec image names: containers in spec order, then init containers (as TSI).
         let names: Vec<&str> = [ContainerKind::Container, ContainerKind::Init]
             .iter()
             .flat_map(|k| w.images.iter().filter(move |c| c.kind == *k))
             .map(|c| c.image.as_str())
             .collect();
+        let container = scope == Scope::Container;
         let mut claims = Claims {
             iss: &self.facts.issuer,
             sub: String::new(),
@@ -176,13 +200,16 @@ impl ClaimsBuilder {
             pod: &w.pod_name,
             pod_uid: &w.pod_uid,
             service_account: &w.service_account,
-            container: &w.container_name,
+            container: container.then_some(w.container_name.as_str()),
             images_names: images_names(&names),
             images: images_hash(&names),
-            image: w.image_digest.as_deref(),
-            image_id: w.image_id.as_deref(),
+            image: w.image_digest.as_deref().filter(|_| container),
+            image_id: w.image_id.as_deref().filter(|_| container),
         };
         claims.sub = self.sub.render(&claims);
+        if !container {
+            claims.sub.push_str(POD_SUB_SUFFIX);
+        }
         Ok(claims)
     }
 }

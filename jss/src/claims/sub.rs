@@ -12,6 +12,11 @@ use super::Claims;
 pub const DEFAULT_SUB_TEMPLATE: &str =
     "{cluster-region}/{cluster-name}/{namespace}/{service-account}/{images}/{image}/{image-id}";
 
+/// Ends the `sub` of every pod-level token (README.md, "Token mode"), so it
+/// is never a container's: `#` is in no Kubernetes name, digest or hash,
+/// and the config refuses it in the template, cluster name and region.
+pub const POD_SUB_SUFFIX: &str = "#pod";
+
 /// Claims a template may name. `pod`, `pod-uid`, `jti` and times are left out
 /// on purpose: they would make one Vault entity per pod or per token.
 const ALLOWED: &[&str] = &[
@@ -48,10 +53,17 @@ pub enum SubTemplateError {
         "sub template {0:?} must include {{namespace}} and {{images}} (policies template on them)"
     )]
     MissingRequired(String),
+    #[error(
+        "sub template {0:?} contains '#', which marks pod-level tokens' sub (README.md, \"Token mode\"); use another separator"
+    )]
+    Hash(String),
 }
 
 impl SubTemplate {
     pub fn parse(template: &str) -> Result<Self, SubTemplateError> {
+        if template.contains('#') {
+            return Err(SubTemplateError::Hash(template.to_string()));
+        }
         let mut parts = Vec::new();
         let mut rest = template;
         while let Some(open) = rest.find('{') {
@@ -95,7 +107,7 @@ impl SubTemplate {
                     // Absent digests render empty: a digest is never empty.
                     "image" => c.image.unwrap_or_default(),
                     "image-id" => c.image_id.unwrap_or_default(),
-                    "container" => c.container,
+                    "container" => c.container.unwrap_or_default(),
                     "node" => c.node,
                     "machineid" => c.machineid,
                     _ => "",

@@ -199,3 +199,50 @@ fn machine_id_is_validated() {
     std::fs::write(&p, "\n").unwrap();
     assert!(read_machine_id(&p).is_err());
 }
+
+/// A pod-level token (the CSI plugin's token mode) names no container and
+/// no image digest, keeps `images`, and its `sub` is no container's.
+#[test]
+fn pod_level_claims_name_no_container_and_have_their_own_sub() {
+    let b = builder();
+    let w = workload();
+    let pod = b.build_as(&w, Scope::Pod, "vault", 1).unwrap();
+    let v = serde_json::to_value(&pod).unwrap();
+    for k in ["container", "image", "image-id"] {
+        assert!(v.get(k).is_none(), "{k} in {v}");
+    }
+    let app = b.build(&w, "vault", 1).unwrap();
+    assert_eq!(pod.images, app.images);
+    assert_eq!(pod.images_names, app.images_names);
+    assert!(pod.sub.ends_with(POD_SUB_SUFFIX), "{}", pod.sub);
+    // A container with no digests renders the same template values.
+    let mut bare = workload();
+    (bare.image_digest, bare.image_id) = (None, None);
+    let bare = b.build(&bare, "vault", 1).unwrap();
+    assert_ne!(pod.sub, bare.sub);
+    assert_eq!(pod.sub, format!("{}{POD_SUB_SUFFIX}", bare.sub));
+    // Pod-level subs still differ by every templatable pod-level claim.
+    let mut other = workload();
+    other.service_account = "sa2".into();
+    assert_ne!(
+        b.build_as(&other, Scope::Pod, "vault", 1).unwrap().sub,
+        pod.sub
+    );
+    // With `{container}` in the template, a pod-level token renders it empty.
+    let with_container = ClaimsBuilder::new(
+        b.facts().clone(),
+        SubTemplate::parse("{namespace}/{images}/{container}").unwrap(),
+        60,
+    );
+    assert_eq!(
+        with_container
+            .build_as(&w, Scope::Pod, "vault", 1)
+            .unwrap()
+            .sub,
+        format!("trusted-identity/{}/{POD_SUB_SUFFIX}", pod.images)
+    );
+    assert!(matches!(
+        SubTemplate::parse("{namespace}/{images}#pod"),
+        Err(SubTemplateError::Hash(_))
+    ));
+}

@@ -1,4 +1,5 @@
-//! A client for the socket API: `jss token` and `jss health`.
+//! A client for the socket API: `jss token` and `jss health`, and the CSI
+//! plugin's call on the pod-token socket.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -110,12 +111,39 @@ pub async fn fetch_token(
     audience: Option<&str>,
     timeout: Duration,
 ) -> Result<TokenResponse, ClientError> {
-    let body = serde_json::json!({ "audience": audience }).to_string();
+    let body = serde_json::json!({ "audience": audience });
+    post_for_token(socket, "/v1/token", &body, timeout).await
+}
+
+/// Asks the daemon's root-only pod-token socket for a pod-level token for
+/// `pod` (POST /v1/pod-token; README.md, "Token mode"): the CSI plugin's call.
+pub async fn fetch_pod_token(
+    socket: &Path,
+    pod: &crate::kubelet::PodRef,
+    audience: Option<&str>,
+    timeout: Duration,
+) -> Result<TokenResponse, ClientError> {
+    let body = serde_json::json!({
+        "namespace": pod.namespace,
+        "pod": pod.name,
+        "pod_uid": pod.uid,
+        "service_account": pod.service_account,
+        "audience": audience,
+    });
+    post_for_token(socket, "/v1/pod-token", &body, timeout).await
+}
+
+async fn post_for_token(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<TokenResponse, ClientError> {
     let (status, body) = request(
         socket,
         hyper::Method::POST,
-        "/v1/token",
-        Some(body),
+        path,
+        Some(body.to_string()),
         timeout,
     )
     .await?;

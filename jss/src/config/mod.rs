@@ -69,6 +69,8 @@ struct Raw {
     kubelet: KubeletConfig,
     #[serde(default)]
     spiffe: SpiffeSection,
+    #[serde(default)]
+    csi: CsiConfig,
 }
 
 fn d_socket() -> PathBuf {
@@ -151,6 +153,28 @@ impl Default for Limits {
     }
 }
 
+/// `[csi]`: the daemon's side of the CSI plugin's token mode (README.md,
+/// "Token mode"). `jss csi --config` reads the same section to find the socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    /// Serve pod-level tokens on `pod_token_socket` (off by default: a
+    /// second way to get tokens exists only where the operator asks for it).
+    pub pod_token: bool,
+    /// The root-only socket (mode 0600) in a directory of its own (0700),
+    /// mounted into the CSI plugin's container only.
+    pub pod_token_socket: PathBuf,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        Self {
+            pod_token: false,
+            pod_token_socket: "/run/jss-csi/jss.sock".into(),
+        }
+    }
+}
+
 /// `[signer]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -190,6 +214,7 @@ pub struct Config {
     pub kubelet: KubeletConfig,
     /// `[spiffe]`; `None` when `trust_domain` is not set.
     pub spiffe: Option<SpiffeConfig>,
+    pub csi: CsiConfig,
 }
 
 impl Config {
@@ -224,11 +249,11 @@ impl Config {
             ("cluster_name", &raw.cluster_name),
             ("cluster_region", &raw.cluster_region),
         ] {
-            if v.is_empty() || v.contains('/') || v.chars().any(char::is_whitespace) {
+            if v.is_empty() || v.contains(['/', '#']) || v.chars().any(char::is_whitespace) {
                 return Err(invalid(
                     key,
                     format!(
-                        "{v:?} must be non-empty without '/' or spaces (it becomes part of Vault paths)"
+                        "{v:?} must be non-empty without '/', '#' or spaces (it becomes part of Vault paths and `sub`)"
                     ),
                 ));
             }
@@ -279,6 +304,7 @@ impl Config {
             .validate()
             .map_err(|e| invalid("kubelet", e.to_string()))?;
         let spiffe = crate::spiffe::config::validate(raw.spiffe).map_err(|(k, r)| invalid(k, r))?;
+        check_pod_token_socket(&raw.csi, &raw.socket, spiffe.as_ref())?;
         Ok(Self {
             socket: raw.socket,
             socket_mode,
@@ -304,8 +330,38 @@ impl Config {
             limits: raw.limits,
             kubelet: raw.kubelet,
             spiffe,
+            csi: raw.csi,
         })
     }
+}
+
+/// The pod-token socket must be absolute and alone in its directory: the
+/// directory of `jss.sock` (and of the SPIFFE socket) is mounted into pods.
+fn check_pod_token_socket(
+    csi: &CsiConfig,
+    socket: &Path,
+    spiffe: Option<&SpiffeConfig>,
+) -> Result<(), ConfigError> {
+    const KEY: &str = "csi.pod_token_socket";
+    let path = &csi.pod_token_socket;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let Some(dir) = dir.filter(|_| path.is_absolute()) else {
+        return Err(invalid(KEY, "must be an absolute path to a socket file"));
+    };
+    for (other_key, other) in std::iter::once(("socket", socket))
+        .chain(spiffe.map(|s| ("spiffe.socket", s.socket.as_path())))
+    {
+        if other.parent() == Some(dir) {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "{} shares its directory with `{other_key}`, which pods mount; give it a directory of its own such as /run/jss-csi",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An octal file mode such as `"0666"` (or `"0o666"`), at most `0o777`.

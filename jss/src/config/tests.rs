@@ -16,6 +16,11 @@ fn example_file_parses_as_documented() {
     assert_eq!(c.audiences, vec!["vault".to_string()]);
     assert_eq!(c.signer.kind, SignerKind::Tpm);
     assert_eq!(c.signer.state_dir, PathBuf::from("/var/lib/jss"));
+    assert!(!c.csi.pod_token);
+    assert_eq!(
+        c.csi.pod_token_socket,
+        PathBuf::from("/run/jss-csi/jss.sock")
+    );
 }
 
 #[test]
@@ -65,6 +70,21 @@ fn bad_values_name_their_key() {
             "socket = \"/run/jss/jss.sock\"",
             "socket = \"rel.sock\"",
             "socket",
+        ),
+        (
+            "cluster_region = \"eu-de\"",
+            "cluster_region = \"eu#de\"",
+            "cluster_region",
+        ),
+        (
+            "pod_token_socket = \"/run/jss-csi/jss.sock\"",
+            "pod_token_socket = \"jss.sock\"",
+            "csi.pod_token_socket",
+        ),
+        (
+            "pod_token_socket = \"/run/jss-csi/jss.sock\"",
+            "pod_token_socket = \"/run/jss/csi.sock\"",
+            "csi.pod_token_socket",
         ),
     ] {
         assert!(EXAMPLE.contains(from), "example lacks {from}");

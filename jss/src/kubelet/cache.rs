@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{
-    BoxFuture, KubeletClient, KubeletConfig, KubeletError, LookupError, Outcome, PodList, PodMatch,
-    PodQuery, PodSource, PodSourceStats,
+    BoxFuture, KubeletClient, KubeletConfig, KubeletError, LookupError, Outcome, Pod, PodList,
+    PodMatch, PodQuery, PodRef, PodSource, PodSourceStats,
 };
 
 /// Something that fetches a whole pod list (the kubelet client).
@@ -107,6 +107,27 @@ impl<F: FetchPods> SharedPodList<F> {
     }
 
     async fn lookup(&self, q: &PodQuery) -> Result<PodMatch, LookupError> {
+        self.lookup_with(
+            |list, version| list.lookup(q, version),
+            |waited, lists| LookupError::NotFound {
+                container_id: q.container_id.clone(),
+                pod_uid: q.pod_uid.clone(),
+                waited,
+                lists,
+            },
+        )
+        .await
+        .map(|m| *m)
+    }
+
+    /// Asks `look` of the newest list, and of each newer one while it
+    /// misses, for up to the retry window; then `not_found(waited, lists)`,
+    /// or the last fetch's error when the kubelet did not answer.
+    async fn lookup_with<T>(
+        &self,
+        look: impl Fn(&PodList, u64) -> Outcome<T>,
+        not_found: impl Fn(Duration, u64) -> LookupError,
+    ) -> Result<T, LookupError> {
         let t = self.inner.timing;
         let start = Instant::now();
         let deadline = start + t.retry_window;
@@ -118,16 +139,20 @@ impl<F: FetchPods> SharedPodList<F> {
         };
         let mut lists = 0u64;
         let mut last_err = None;
+        let give_up = |lists, err: Option<Arc<KubeletError>>| match err {
+            Some(e) => LookupError::Kubelet(e),
+            None => not_found(start.elapsed(), lists),
+        };
         loop {
             let wait = deadline.saturating_duration_since(Instant::now()) + t.fetch_timeout;
             let Ok(snap) = tokio::time::timeout(wait, Inner::newer(&self.inner, after)).await
             else {
-                break Err(self.not_found(q, start, lists, last_err));
+                break Err(give_up(lists, last_err));
             };
             lists += 1;
             last_err = match &snap.list {
-                Ok(list) => match list.lookup(q, snap.version) {
-                    Outcome::Found(m) => return Ok(*m),
+                Ok(list) => match look(list, snap.version) {
+                    Outcome::Found(m) => return Ok(m),
                     Outcome::Denied(e) => return Err(e),
                     Outcome::Miss => None,
                 },
@@ -135,28 +160,13 @@ impl<F: FetchPods> SharedPodList<F> {
             };
             after = snap.version;
             if Instant::now() + t.retry_interval > deadline {
-                break Err(self.not_found(q, start, lists, last_err));
+                break Err(give_up(lists, last_err));
             }
-            tracing::debug!(container = %q.container_id, version = after, "pod not in list yet; waiting for a newer one");
+            tracing::debug!(
+                version = after,
+                "not in the pod list yet; waiting for a newer one"
+            );
             tokio::time::sleep(t.retry_interval).await;
-        }
-    }
-
-    fn not_found(
-        &self,
-        q: &PodQuery,
-        start: Instant,
-        lists: u64,
-        err: Option<Arc<KubeletError>>,
-    ) -> LookupError {
-        match err {
-            Some(e) => LookupError::Kubelet(e),
-            None => LookupError::NotFound {
-                container_id: q.container_id.clone(),
-                pod_uid: q.pod_uid.clone(),
-                waited: start.elapsed(),
-                lists,
-            },
         }
     }
 }
@@ -240,6 +250,13 @@ impl<F: FetchPods> PodSource for SharedPodList<F> {
         Box::pin(self.lookup(query))
     }
 
+    fn find_pod<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Arc<Pod>, LookupError>> {
+        Box::pin(self.lookup_with(
+            |list, _| list.lookup_pod(pod),
+            |waited, lists| pod.not_listed(waited, lists),
+        ))
+    }
+
     fn stats(&self) -> PodSourceStats {
         PodSourceStats {
             fetches: self.inner.fetches.load(Ordering::Relaxed),
@@ -290,6 +307,16 @@ impl PodSource for StaticPods {
                     waited: Duration::ZERO,
                     lists: 1,
                 }),
+            }
+        })
+    }
+
+    fn find_pod<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Arc<Pod>, LookupError>> {
+        Box::pin(async move {
+            match self.list.lookup_pod(pod) {
+                Outcome::Found(p) => Ok(p),
+                Outcome::Denied(e) => Err(e),
+                Outcome::Miss => Err(pod.not_listed(Duration::ZERO, 1)),
             }
         })
     }

@@ -106,6 +106,31 @@ pub enum LookupError {
         cgroup_pod: String,
         kubelet_pod: String,
     },
+    #[error(
+        "the kubelet lists no pod {}/{} with UID {} (waited {waited:?}, {lists} pod list(s)): no pod-level token for a pod this node does not run; check the pod info the kubelet sent to the CSI plugin and that [kubelet] url names this node's kubelet",
+        pod.namespace, pod.name, pod.uid
+    )]
+    PodNotListed {
+        pod: Box<super::PodRef>,
+        waited: Duration,
+        lists: u64,
+    },
+    #[error(
+        "pod UID {pod_uid} is {kubelet} in the kubelet's pod list, not the {asked} asked for; no pod-level token while the two disagree"
+    )]
+    PodNotAsNamed {
+        pod_uid: String,
+        asked: String,
+        kubelet: String,
+    },
+    #[error(
+        "pod {namespace}/{pod} has phase {phase} in the kubelet's pod list: its containers have finished, so it gets no pod-level token"
+    )]
+    PodFinished {
+        namespace: String,
+        pod: String,
+        phase: String,
+    },
     #[error(transparent)]
     Kubelet(Arc<KubeletError>),
 }

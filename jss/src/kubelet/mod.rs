@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod digests;
 mod error;
+mod pod_ref;
 pub mod podlist;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ pub use client::KubeletClient;
 pub use config::{KubeletConfig, KubeletConfigError};
 pub use digests::{DigestKind, ImageDigests};
 pub use error::{KubeletError, LookupError};
+pub use pod_ref::PodRef;
 pub use podlist::{ContainerKind, ContainerStatus, OwnerReference, Pod, PodList, SpecContainer};
 
 /// A boxed future: keeps [`PodSource`] object safe.
@@ -65,6 +67,10 @@ pub struct PodSourceStats {
 pub trait PodSource: Send + Sync {
     fn find<'a>(&'a self, query: &'a PodQuery) -> BoxFuture<'a, Result<PodMatch, LookupError>>;
 
+    /// The pod `pod` names, checked against it (see [`PodRef`]): for a
+    /// pod-level token, asked for by the CSI plugin on the kubelet's word.
+    fn find_pod<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Arc<Pod>, LookupError>>;
+
     fn stats(&self) -> PodSourceStats;
 
     /// Kubelet fetches so far, for the "kubelet fetches" metric.
@@ -73,10 +79,11 @@ pub trait PodSource: Send + Sync {
     }
 }
 
-/// One list's answer to a query.
+/// One list's answer to a query: a container's match, or a pod
+/// ([`PodList::lookup_pod`]).
 #[derive(Debug)]
-pub(crate) enum Outcome {
-    Found(Box<PodMatch>),
+pub(crate) enum Outcome<T = Box<PodMatch>> {
+    Found(T),
     /// Not (yet) in this list: a newer one may have it.
     Miss,
     Denied(LookupError),

@@ -73,6 +73,9 @@ pub struct Pod {
     pub init_containers: Vec<SpecContainer>,
     pub ephemeral_containers: Vec<SpecContainer>,
     pub statuses: Vec<ContainerStatus>,
+    /// `status.phase`: `Pending`, `Running`, `Succeeded`, `Failed`,
+    /// `Unknown`, or empty when the kubelet has not reported one yet.
+    pub phase: String,
 }
 
 impl Pod {
@@ -211,6 +214,7 @@ impl RawPod {
             init_containers: spec.init_containers,
             ephemeral_containers: spec.ephemeral_containers,
             statuses,
+            phase: status.phase,
         }
     }
 }
@@ -289,6 +293,8 @@ struct RawSpec {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct RawStatus {
+    #[serde(deserialize_with = "null_default")]
+    phase: String,
     #[serde(deserialize_with = "null_default")]
     container_statuses: Vec<RawContainerStatus>,
     #[serde(deserialize_with = "null_default")]

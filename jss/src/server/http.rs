@@ -18,7 +18,11 @@ use crate::config::Limits;
 
 pub type Body = Full<Bytes>;
 
-fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(super) fn respond(
+    status: u16,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -53,24 +57,7 @@ pub async fn handle(
     } else {
         tracing::info_span!("request", pid)
     };
-    let timeout = Duration::from_millis(app.cfg.limits.request_timeout_ms);
-    let answer = async {
-        match tokio::time::timeout(timeout, route(&app, &peer, req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(r)) => refuse(&app, &peer, &r),
-            Err(_) => refuse(
-                &app,
-                &peer,
-                &Refusal::new(
-                    Code::Timeout,
-                    format!(
-                        "the request did not finish within {} ms (limits.request_timeout_ms)",
-                        timeout.as_millis()
-                    ),
-                ),
-            ),
-        }
-    };
+    let answer = within_timeout(&app, &peer, route(&app, &peer, req));
     let resp = answer.instrument(span).await;
     if is_token {
         app.metrics
@@ -78,6 +65,31 @@ pub async fn handle(
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(resp)
+}
+
+/// The answer of `route`, or its refusal answered (counted, audited, logged)
+/// — a refusal `timeout` past `limits.request_timeout_ms`.
+pub(super) async fn within_timeout(
+    app: &App,
+    peer: &Peer,
+    route: impl std::future::Future<Output = Result<Response<Body>, Refusal>>,
+) -> Response<Body> {
+    let timeout = Duration::from_millis(app.cfg.limits.request_timeout_ms);
+    match tokio::time::timeout(timeout, route).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(r)) => refuse(app, peer, &r),
+        Err(_) => refuse(
+            app,
+            peer,
+            &Refusal::new(
+                Code::Timeout,
+                format!(
+                    "the request did not finish within {} ms (limits.request_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            ),
+        ),
+    }
 }
 
 /// Counts, audits and logs the refusal `r` of `peer`, and answers it.
@@ -96,7 +108,7 @@ pub(crate) fn record_refusal(app: &App, peer: &Peer, r: &Refusal) {
         uid,
         namespace: r.workload.as_ref().map(|w| w.namespace.as_str()),
         pod: r.workload.as_ref().map(|w| w.pod.as_str()),
-        container: r.workload.as_ref().map(|w| w.container.as_str()),
+        container: r.workload.as_ref().and_then(|w| w.container.as_deref()),
         audience: r.audience.as_deref(),
         outcome: "denied",
         code: Some(r.code.as_str()),
@@ -109,7 +121,7 @@ pub(crate) fn record_refusal(app: &App, peer: &Peer, r: &Refusal) {
             "workload",
             namespace = %w.namespace,
             pod = %w.pod,
-            container = %w.container
+            container = %w.container.as_deref().unwrap_or_default()
         )
         .entered()
     });
@@ -254,6 +266,19 @@ where
     if req.method() == Method::GET {
         return Ok(audience_from_query(req.uri().query()));
     }
+    audience_from_body(&read_body(req, limits).await?)
+}
+
+/// A request's body, read within `limits` (`max_body_bytes`; it must
+/// arrive within `header_timeout_ms`).
+///
+/// Errors: 413 `too_large` (by `Content-Length` or once read), 408
+/// `slow_body`, 400 `bad_request` (unreadable body).
+pub async fn read_body<B>(req: Request<B>, limits: &Limits) -> Result<Bytes, Refusal>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = limits.max_body_bytes;
     if let Some(len) = req
         .headers()
@@ -295,13 +320,13 @@ where
             ));
         }
     };
-    audience_from_body(&body)
+    Ok(body)
 }
 
 /// `{"token":…,"expires_at":…}`. A compact JWS is base64url and dots, so it
 /// is copied in as is: serde_json's escape scan of a ~3 KB token was a
 /// measurable share of a request.
-fn token_json(token: &str, exp: u64) -> String {
+pub(super) fn token_json(token: &str, exp: u64) -> String {
     if !token
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

@@ -8,7 +8,9 @@ use tracing::Instrument as _;
 use super::audit::AuditRecord;
 use super::{App, Code, Keys, Refusal};
 use crate::attest::{Peer, PeerProcess, Workload};
-use crate::cache::{CacheKey, CachedToken};
+use crate::cache::{CacheKey, CachedToken, TokenKind};
+use crate::claims::Scope;
+use crate::kubelet::PodRef;
 use crate::signer::{Priority, QueueError};
 use crate::spiffe::SvidClaims;
 use crate::token::TokenEncoder;
@@ -69,10 +71,46 @@ impl App {
             pod = %workload.pod_name,
             container = %workload.container_name
         );
-        self.token_for(caller, &workload, audience, form)
+        async {
+            let (kind, spiffe_id) = match form {
+                Form::Jss => (TokenKind::Jss, None),
+                Form::Svid { asked } => (TokenKind::Svid, Some(self.spiffe_id(&workload, asked)?)),
+            };
+            self.token_for(caller, &workload, audience, kind, spiffe_id)
+                .await
+        }
+        .instrument(span)
+        .await
+        .map_err(|r| r.for_workload(&workload))
+    }
+
+    /// A pod-level token for `audience` (already allow-listed) for the pod
+    /// `pod` names, once the kubelet's pod list confirms it (see
+    /// [`PodRef`]); `caller` is the pod-token socket's root peer, for the
+    /// audit line. Refusals: the pod lookup's codes (`pod_not_found`,
+    /// `pod_mismatch`, `container_not_running`, `kubelet_*`), then signing's.
+    pub async fn issue_for_pod(
+        self: &Arc<Self>,
+        caller: &PeerProcess,
+        pod: &PodRef,
+        audience: &str,
+    ) -> Result<Issued, Refusal> {
+        let found = self
+            .attestor
+            .pods()
+            .find_pod(pod)
+            .await
+            .map_err(|e| Refusal::from(&e).for_pod(pod))?;
+        let workload = Workload::pod_level(&found);
+        let span = tracing::info_span!(
+            "pod",
+            namespace = %workload.namespace,
+            pod = %workload.pod_name
+        );
+        self.token_for(caller, &workload, audience, TokenKind::Pod, None)
             .instrument(span)
             .await
-            .map_err(|r| r.for_workload(&workload))
+            .map_err(|r| r.for_pod(pod))
     }
 
     /// The caller's workload: its process as taken at accept, its container
@@ -112,18 +150,24 @@ impl App {
         }
     }
 
-    /// The signing input of a token for `workload` at `now`: a JSS token,
-    /// or a JWT-SVID (no `x5c`, `sub` the SPIFFE ID) when `spiffe_id` is set.
+    /// The signing input of a token of `kind` for `workload` at `now`: a
+    /// JSS token (pod-level for [`TokenKind::Pod`]), or a JWT-SVID (no
+    /// `x5c`, `sub` the SPIFFE ID) when `spiffe_id` is set.
     pub(super) fn unsigned(
         &self,
         workload: &Workload,
         audience: &str,
+        kind: TokenKind,
         spiffe_id: Option<&str>,
         now: u64,
     ) -> Result<Unsigned, Refusal> {
+        let scope = match kind {
+            TokenKind::Pod => Scope::Pod,
+            TokenKind::Jss | TokenKind::Svid => Scope::Container,
+        };
         let claims = self
             .claims
-            .build(workload, audience, now)
+            .build_as(workload, scope, audience, now)
             .map_err(|e| Refusal::from(&e))?;
         let (jti, exp) = (claims.jti.clone(), claims.exp);
         let keys = self.keys();
@@ -142,30 +186,27 @@ impl App {
         })
     }
 
-    /// Cache → claims → signer for an attested workload.
+    /// Cache → claims → signer for a checked workload.
     async fn token_for(
         &self,
         caller: &PeerProcess,
         workload: &Workload,
         audience: &str,
-        form: Form<'_>,
+        kind: TokenKind,
+        spiffe_id: Option<String>,
     ) -> Result<Issued, Refusal> {
-        let spiffe_id = match form {
-            Form::Jss => None,
-            Form::Svid { asked } => Some(self.spiffe_id(workload, asked)?),
-        };
         let now = now_unix();
         let key = self.cache.enabled().then(|| CacheKey {
             pod_uid: workload.pod_uid.clone(),
             container_id: workload.container_id.clone(),
             audience: audience.to_string(),
-            svid: spiffe_id.is_some(),
+            kind,
         });
         if let Some(t) = key.as_ref().and_then(|k| self.cache.get(k, now)) {
             self.metrics.cache_hits.inc();
-            return Ok(self.hand_out("cached", caller, workload, audience, t, spiffe_id));
+            return Ok(self.hand_out("cached", caller, workload, audience, kind, t, spiffe_id));
         }
-        let unsigned = self.unsigned(workload, audience, spiffe_id.as_deref(), now)?;
+        let unsigned = self.unsigned(workload, audience, kind, spiffe_id.as_deref(), now)?;
         let token = CachedToken {
             token: self.sign(&unsigned.keys, unsigned.input).await?,
             jti: unsigned.jti,
@@ -180,7 +221,7 @@ impl App {
                 .then(|| Arc::new(workload.clone()));
             self.cache.insert(key, token.clone(), source, now);
         }
-        Ok(self.hand_out("issued", caller, workload, audience, token, spiffe_id))
+        Ok(self.hand_out("issued", caller, workload, audience, kind, token, spiffe_id))
     }
 
     /// Signs the signing `input` ahead of any refresh. Past
@@ -240,12 +281,14 @@ impl App {
     }
 
     /// Audits and counts a token handed to `caller` (`outcome`: issued or cached).
+    #[allow(clippy::too_many_arguments)]
     fn hand_out(
         &self,
         outcome: &'static str,
         caller: &PeerProcess,
         workload: &Workload,
         audience: &str,
+        kind: TokenKind,
         t: CachedToken,
         spiffe_id: Option<String>,
     ) -> Issued {
@@ -254,7 +297,7 @@ impl App {
             uid: caller.uid,
             namespace: Some(&workload.namespace),
             pod: Some(&workload.pod_name),
-            container: Some(&workload.container_name),
+            container: (kind != TokenKind::Pod).then_some(workload.container_name.as_str()),
             audience: Some(audience),
             jti: Some(&t.jti),
             exp: Some(t.exp),

@@ -13,6 +13,7 @@ pub mod http;
 mod issue;
 mod listener;
 mod metrics;
+pub mod pod_token;
 pub mod readiness;
 pub mod refresh;
 mod refusal;
@@ -226,6 +227,7 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
     }
     let (listener, activated) = listener::bind(&app.cfg)?;
     let spiffe = crate::spiffe::start(&app)?;
+    let pod_tokens = pod_token::start(&app)?;
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
@@ -296,6 +298,9 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServerError> {
     let drain = Duration::from_millis(app.cfg.limits.drain_timeout_ms);
     if let Some(s) = spiffe {
         s.shutdown(drain).await;
+    }
+    if let Some(p) = pod_tokens {
+        p.shutdown(drain).await;
     }
     if tokio::time::timeout(drain, graceful.shutdown())
         .await

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::App;
-use crate::cache::{CachedToken, Due};
+use crate::cache::{CachedToken, Due, TokenKind};
 use crate::signer::{Priority, QueueError};
 use crate::token::TokenEncoder;
 
@@ -67,14 +67,18 @@ impl App {
         let now = super::issue::now_unix();
         let signed = async {
             // The same form as the cached token: a JWT-SVID stays one.
-            let spiffe_id = due
-                .key
-                .svid
+            let spiffe_id = (due.key.kind == TokenKind::Svid)
                 .then(|| self.spiffe_id(&due.workload, None))
                 .transpose()
                 .map_err(|r| r.message)?;
             let unsigned = self
-                .unsigned(&due.workload, &due.key.audience, spiffe_id.as_deref(), now)
+                .unsigned(
+                    &due.workload,
+                    &due.key.audience,
+                    due.key.kind,
+                    spiffe_id.as_deref(),
+                    now,
+                )
                 .map_err(|r| r.message)?;
             // The old token is handed out until its half-life.
             let left = (due.iat + due.exp).div_ceil(2).saturating_sub(now);

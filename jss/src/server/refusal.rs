@@ -58,6 +58,8 @@ codes! {
     PodNotFound = "pod_not_found", 403;
     ContainerNotRunning = "container_not_running", 403;
     PodMismatch = "pod_mismatch", 403;
+    // The pod-token socket serves uid 0 (the CSI plugin) only.
+    NotRoot = "not_root", 403;
     // This node's own trouble.
     Internal = "internal", 500;
     ProcUnreadable = "proc_unreadable", 500;
@@ -107,12 +109,14 @@ pub struct Refusal {
     pub workload: Option<Box<WorkloadNames>>,
 }
 
-/// Who an attested caller is, as the audit line names it.
+/// Who an attested caller is, or which pod a pod-level token was asked
+/// for, as the audit line names it.
 #[derive(Debug, Clone)]
 pub struct WorkloadNames {
     pub namespace: String,
     pub pod: String,
-    pub container: String,
+    /// `None` for a pod-level token.
+    pub container: Option<String>,
 }
 
 impl Refusal {
@@ -144,7 +148,17 @@ impl Refusal {
         self.workload = Some(Box::new(WorkloadNames {
             namespace: w.namespace.clone(),
             pod: w.pod_name.clone(),
-            container: w.container_name.clone(),
+            container: Some(w.container_name.clone()),
+        }));
+        self
+    }
+
+    /// Records the pod a pod-level token was asked for (the audit line names it).
+    pub fn for_pod(mut self, p: &crate::kubelet::PodRef) -> Self {
+        self.workload = Some(Box::new(WorkloadNames {
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+            container: None,
         }));
         self
     }
@@ -180,6 +194,9 @@ impl From<&LookupError> for Code {
             LookupError::NotRunning { .. } => Code::ContainerNotRunning,
             LookupError::Duplicate { .. } => Code::DuplicateContainerId,
             LookupError::PodMismatch { .. } => Code::PodMismatch,
+            LookupError::PodNotListed { .. } => Code::PodNotFound,
+            LookupError::PodNotAsNamed { .. } => Code::PodMismatch,
+            LookupError::PodFinished { .. } => Code::ContainerNotRunning,
             LookupError::Kubelet(e) => e.as_ref().into(),
         }
     }
@@ -213,6 +230,12 @@ impl From<&ClaimsError> for Code {
 
 impl From<&AttestError> for Refusal {
     fn from(e: &AttestError) -> Self {
+        Refusal::new(e.into(), e.to_string())
+    }
+}
+
+impl From<&LookupError> for Refusal {
+    fn from(e: &LookupError) -> Self {
         Refusal::new(e.into(), e.to_string())
     }
 }

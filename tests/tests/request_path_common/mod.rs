@@ -11,8 +11,8 @@ use std::time::Duration;
 use jss::attest::{Peer, PeerProcess};
 use jss::config::Config;
 use jss::kubelet::{
-    BoxFuture, KubeletError, LookupError, PodList, PodMatch, PodQuery, PodSource, PodSourceStats,
-    StaticPods,
+    BoxFuture, KubeletError, LookupError, Pod, PodList, PodMatch, PodQuery, PodRef, PodSource,
+    PodSourceStats, StaticPods,
 };
 use jss::server::App;
 use jss::signer::{self, Backend, KeyPolicy, NodePublicKey, Signer, SignerConfig, SignerError};
@@ -197,14 +197,21 @@ pub enum Answer {
     Never,
 }
 
+impl Answer {
+    async fn answer<T>(&self) -> Result<T, LookupError> {
+        match self {
+            Answer::Fail(e) => Err(e()),
+            Answer::Never => std::future::pending().await,
+        }
+    }
+}
+
 impl PodSource for Answer {
     fn find<'a>(&'a self, _: &'a PodQuery) -> BoxFuture<'a, Result<PodMatch, LookupError>> {
-        Box::pin(async move {
-            match self {
-                Answer::Fail(e) => Err(e()),
-                Answer::Never => std::future::pending().await,
-            }
-        })
+        Box::pin(self.answer())
+    }
+    fn find_pod<'a>(&'a self, _: &'a PodRef) -> BoxFuture<'a, Result<Arc<Pod>, LookupError>> {
+        Box::pin(self.answer())
     }
     fn stats(&self) -> PodSourceStats {
         PodSourceStats::default()
