@@ -50,6 +50,22 @@ pub enum SidecarMode {
     Container,
 }
 
+/// Where the injected containers get the node's JSS socket directory from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum SocketVolume {
+    /// A hostPath volume of `socket_dir`: Pod Security admits it only at
+    /// the `privileged` level.
+    #[serde(rename = "hostPath")]
+    HostPath,
+    /// An inline CSI volume of the JSS CSI driver (mode socket): admitted at
+    /// `restricted`; the setting for clusters that run the driver.
+    #[serde(rename = "csi")]
+    Csi,
+}
+
+/// The JSS CSI driver's name (daemonset/csi).
+pub const DEFAULT_CSI_DRIVER: &str = "csi.jss.dev";
+
 /// Resource requests and limits of each injected container (Kubernetes quantities).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +96,10 @@ pub struct Inject {
     pub socket_dir: String,
     /// Socket file name inside `socket_dir`.
     pub socket_name: String,
+    /// hostPath of `socket_dir`, or the CSI driver's volume mounted there.
+    pub socket_volume: SocketVolume,
+    /// The CSI driver's name, for `socket_volume = "csi"`.
+    pub csi_driver: String,
     pub sidecar: SidecarMode,
     pub refresh_seconds: u32,
     /// `json` or `raw` (`jss secrets --format`).
@@ -127,6 +147,8 @@ pub struct FileInject {
     pub image_pull_policy: Option<String>,
     pub socket_dir: Option<String>,
     pub socket_name: Option<String>,
+    pub socket_volume: Option<SocketVolume>,
+    pub csi_driver: Option<String>,
     pub sidecar: Option<SidecarMode>,
     pub refresh_seconds: Option<u32>,
     pub format: Option<String>,
@@ -153,6 +175,7 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub image: Option<String>,
     pub sidecar: Option<SidecarMode>,
+    pub socket_volume: Option<SocketVolume>,
     pub vault_addr: Option<String>,
     pub vault_ca_config_map: Option<String>,
     pub vault_ca_secret: Option<String>,
@@ -223,6 +246,11 @@ impl Config {
                 .unwrap_or_else(|| "IfNotPresent".into()),
             socket_dir: fi.socket_dir.unwrap_or_else(|| "/run/jss".into()),
             socket_name: fi.socket_name.unwrap_or_else(|| "jss.sock".into()),
+            socket_volume: flags
+                .socket_volume
+                .or(fi.socket_volume)
+                .unwrap_or(SocketVolume::HostPath),
+            csi_driver: fi.csi_driver.unwrap_or_else(|| DEFAULT_CSI_DRIVER.into()),
             sidecar: flags.sidecar.or(fi.sidecar).unwrap_or(SidecarMode::Native),
             refresh_seconds: fi.refresh_seconds.unwrap_or(600),
             format: fi.format.unwrap_or_else(|| "json".into()),
@@ -300,6 +328,16 @@ impl Inject {
             return Err(invalid(
                 "inject.socket_dir",
                 format!("{:?} must be an absolute path without ..", self.socket_dir),
+            ));
+        }
+        // A CSI driver name: a DNS subdomain of at most 63 characters.
+        if self.csi_driver.len() > 63 || !is_dns_subdomain(&self.csi_driver) {
+            return Err(invalid(
+                "inject.csi_driver",
+                format!(
+                    "{:?} is not a CSI driver name (lowercase DNS name, at most 63 characters)",
+                    self.csi_driver
+                ),
             ));
         }
         if self.socket_name.is_empty() || self.socket_name.contains('/') {
@@ -433,10 +471,35 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_volume_is_host_path_unless_csi_is_chosen() {
+        let c = Config::build(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.inject.socket_volume, SocketVolume::HostPath);
+        assert_eq!(c.inject.csi_driver, DEFAULT_CSI_DRIVER);
+        let file: FileConfig =
+            toml::from_str("[inject]\nsocket_volume = \"csi\"\ncsi_driver = \"csi.example.org\"\n")
+                .unwrap();
+        let c = Config::build(file, Overrides::default()).unwrap();
+        assert_eq!(c.inject.socket_volume, SocketVolume::Csi);
+        assert_eq!(c.inject.csi_driver, "csi.example.org");
+        let flags = Overrides {
+            socket_volume: Some(SocketVolume::HostPath),
+            ..Overrides::default()
+        };
+        let file: FileConfig = toml::from_str("[inject]\nsocket_volume = \"csi\"\n").unwrap();
+        let c = Config::build(file, flags).unwrap();
+        assert_eq!(c.inject.socket_volume, SocketVolume::HostPath);
+        assert!(toml::from_str::<FileConfig>("[inject]\nsocket_volume = \"nfs\"\n").is_err());
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("listen = \"localhost:8443\"", "`listen`"),
             ("[inject]\nimage = \"a b\"", "`inject.image`"),
+            (
+                "[inject]\ncsi_driver = \"Csi_Driver\"",
+                "`inject.csi_driver`",
+            ),
             (
                 "[inject]\nimage_pull_policy = \"Sometimes\"",
                 "`inject.image_pull_policy`",

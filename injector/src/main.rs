@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use jss_injector::config::{Config, Overrides, SidecarMode};
+use jss_injector::config::{Config, Overrides, SidecarMode, SocketVolume};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,13 @@ struct Cli {
 enum Sidecar {
     Native,
     Container,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Socket {
+    #[value(name = "hostPath")]
+    HostPath,
+    Csi,
 }
 
 #[derive(Subcommand)]
@@ -46,6 +53,10 @@ enum Cmd {
         /// `native` (init container with restartPolicy Always, Kubernetes ≥ 1.29) or `container`.
         #[arg(long, value_enum)]
         sidecar: Option<Sidecar>,
+        /// The JSS socket as a `hostPath` volume, or as an inline volume of the
+        /// JSS CSI driver (`csi`: for clusters that run it; Pod Security restricted).
+        #[arg(long, value_enum)]
+        socket_volume: Option<Socket>,
         /// VAULT_ADDR for the injected containers.
         #[arg(long)]
         vault_addr: Option<String>,
@@ -83,6 +94,7 @@ fn run() -> anyhow::Result<()> {
         tls_key,
         image,
         sidecar,
+        socket_volume,
         vault_addr,
         vault_ca_config_map,
         vault_ca_secret,
@@ -95,6 +107,10 @@ fn run() -> anyhow::Result<()> {
         sidecar: sidecar.map(|s| match s {
             Sidecar::Native => SidecarMode::Native,
             Sidecar::Container => SidecarMode::Container,
+        }),
+        socket_volume: socket_volume.map(|s| match s {
+            Socket::HostPath => SocketVolume::HostPath,
+            Socket::Csi => SocketVolume::Csi,
         }),
         vault_addr,
         vault_ca_config_map,

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::annotations::{JSS_STATUS, Request};
-use crate::config::{Inject, SidecarMode, VaultCa};
+use crate::config::{Inject, SidecarMode, SocketVolume, VaultCa};
 
 pub const INIT_NAME: &str = "jss-secrets-init";
 pub const SIDECAR_NAME: &str = "jss-secrets";
@@ -142,8 +142,7 @@ pub fn build(
     }));
 
     let mut volumes = vec![
-        // The directory, not the socket file: a restarted daemon's new socket is seen.
-        json!({"name": VOL_SOCKET, "hostPath": {"path": cfg.socket_dir, "type": "Directory"}}),
+        socket_volume(cfg),
         json!({"name": VOL_SECRETS, "emptyDir": {"medium": "Memory", "sizeLimit": cfg.secrets_size_limit}}),
         json!({"name": VOL_SPEC, "downwardAPI": {"items": [{
             "path": SPEC_FILE,
@@ -274,4 +273,20 @@ fn container(name: &str, command: &[String], cfg: &Inject, state: bool) -> Value
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     })
+}
+
+/// The JSS socket directory: the directory, not the socket file, so a
+/// restarted daemon's new socket is seen. Through the CSI driver it is the
+/// same directory, bind-mounted read-only by the driver (mode socket).
+fn socket_volume(cfg: &Inject) -> Value {
+    match cfg.socket_volume {
+        SocketVolume::HostPath => {
+            json!({"name": VOL_SOCKET, "hostPath": {"path": cfg.socket_dir, "type": "Directory"}})
+        }
+        SocketVolume::Csi => json!({"name": VOL_SOCKET, "csi": {
+            "driver": cfg.csi_driver,
+            "readOnly": true,
+            "volumeAttributes": {"mode": "socket"},
+        }}),
+    }
 }

@@ -117,3 +117,10 @@ pub fn validate(path: &Path) {
         );
     }
 }
+
+/// A JSON array of strings (a command, an argument list) as `&str`s.
+pub fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}

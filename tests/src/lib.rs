@@ -7,6 +7,7 @@
 pub mod bao;
 pub mod ca;
 pub mod cluster;
+pub mod csi;
 pub mod daemon;
 pub mod discovery;
 pub mod injector;
@@ -15,6 +16,7 @@ pub mod kubelet;
 pub mod net;
 pub mod node;
 pub mod pods;
+pub mod pss;
 pub mod spiffe;
 pub mod swtpm;
 pub mod tpm_proxy;

@@ -168,3 +168,17 @@ pub fn run_in(pod: &PodProcess, args: &[&str]) -> Output {
         .wait_with_output()
         .unwrap_or_else(|e| panic!("wait: {e}"))
 }
+
+/// The claims of the token a successful `jss token` printed; panics with
+/// its stderr when it failed.
+pub fn token_claims(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "jss token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout);
+    jss::token::decode_unverified(token.trim())
+        .unwrap_or_else(|e| panic!("jss token printed no token: {e}"))
+        .1
+}

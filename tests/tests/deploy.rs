@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use jss_tests::kube::strings;
 use serde_json::Value;
 
 /// Kubernetes versions every manifest must validate against (strict schemas of
@@ -28,12 +29,15 @@ const KUSTOMIZATIONS: &[&str] = &[
     "legacy-nodes-proxy",
     "example-app",
     "prune",
+    "csi",
+    "csi/example",
 ];
 
 /// JSON patches of the overlays: not manifests on their own.
 const PATCHES: &[&str] = &[
     "privileged/privileged.yaml",
     "legacy-nodes-proxy/nodes-proxy.yaml",
+    "csi/plugin.yaml",
 ];
 
 /// The only kustomization that may grant `nodes/proxy` (kubelets without
@@ -537,6 +541,9 @@ fn every_manifest_validates_against_kubernetes_schemas() {
         "base/vault-secret.example.yaml",
         "example-app/namespace.yaml",
         "example-app/pod.yaml",
+        "csi/csidriver.yaml",
+        "csi/example/namespace.yaml",
+        "csi/example/pod.yaml",
     ] {
         assert!(names.contains(want), "{want} missing from {names:?}");
     }
@@ -546,7 +553,7 @@ fn every_manifest_validates_against_kubernetes_schemas() {
     // And what kustomize makes of them (generated ConfigMaps, patched DaemonSet).
     let dir = tempfile::tempdir().unwrap();
     for sub in KUSTOMIZATIONS {
-        let rendered = dir.path().join(format!("{sub}.yaml"));
+        let rendered = dir.path().join(format!("{}.yaml", sub.replace('/', "-")));
         fs::write(&rendered, render(sub)).unwrap();
         validate(&rendered);
     }
@@ -591,14 +598,6 @@ fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|e| e["name"] == name)
         .unwrap_or_else(|| panic!("{} has no env {name}", container["name"]))
-}
-
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect()
 }
 
 #[test]
@@ -1235,6 +1234,21 @@ fn jss_subcommands_and_flags_in_units_and_manifests_exist() {
     for c in pod["spec"]["initContainers"].as_array().unwrap() {
         add("the example app", strings(&c["command"]));
     }
+    let csi = yaml_docs(&render("csi"));
+    let ds = find(&csi, "DaemonSet", "jss");
+    let plugin = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "csi")
+        .unwrap();
+    add("the CSI plugin's container", strings(&plugin["command"]));
+    let example = yaml_docs(&render("csi/example"));
+    let pod = find(&example, "Pod", "csi-example");
+    add(
+        "the CSI example pod",
+        strings(&pod["spec"]["containers"][0]["command"]),
+    );
     let containerfile = fs::read_to_string(daemonset_dir().join("Containerfile")).unwrap();
     let cmd = containerfile
         .lines()
@@ -1249,7 +1263,7 @@ fn jss_subcommands_and_flags_in_units_and_manifests_exist() {
     let subs: BTreeSet<&str> = uses.iter().map(|(_, s, _)| s.as_str()).collect();
     assert_eq!(
         subs,
-        BTreeSet::from(["health", "secrets", "serve"]),
+        BTreeSet::from(["csi", "health", "secrets", "serve", "token"]),
         "{uses:?}"
     );
     for (what, sub, used) in &uses {

@@ -15,7 +15,7 @@ use jss::claims::{ClaimsBuilder, NodeFacts};
 use jss::kubelet::{PodList, PodQuery, PodSource as _, StaticPods};
 use jss::signer::SignerKind;
 use jss_tests::daemon::Daemon;
-use jss_tests::node::{Node, pod_json, run_in};
+use jss_tests::node::{Node, pod_json, run_in, token_claims};
 use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
 use serde_json::Value;
 
@@ -133,16 +133,6 @@ fn fresh_forms() -> (Value, String, Vec<(String, String)>) {
     (pods, uid, ids)
 }
 
-fn claims_of(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "jss token failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout.clone()).unwrap();
-    jss::token::decode_unverified(token.trim()).unwrap().1
-}
-
 #[test]
 fn a_running_container_gets_a_token_whatever_digest_form_its_runtime_reports() {
     let node = Node::new(SignerKind::Software, "");
@@ -152,7 +142,7 @@ fn a_running_container_gets_a_token_whatever_digest_form_its_runtime_reports() {
     let sock = d.socket.to_str().unwrap();
     for (name, id) in &ids {
         let pod = PodProcess::spawn(Layout::V1Cgroupfs(Qos::BestEffort), &uid, id);
-        let c = claims_of(&run_in(&pod, &["token", "--socket", sock]));
+        let c = token_claims(&run_in(&pod, &["token", "--socket", sock]));
         let (image, image_id) = expected(name);
         assert_eq!(c["container"], name.as_str());
         assert_eq!(
@@ -212,7 +202,7 @@ fn items_that_are_not_pods_do_not_take_the_nodes_tokens_down() {
         &node.app_id,
     );
     for _ in 0..3 {
-        let c = claims_of(&run_in(&app, &["token", "--socket", sock]));
+        let c = token_claims(&run_in(&app, &["token", "--socket", sock]));
         assert_eq!(c["container"], "app");
     }
     let metrics = get(&d.socket, "/metrics");

@@ -17,6 +17,7 @@ pub mod volume;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -67,6 +68,8 @@ pub enum CsiError {
     },
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("the CSI server task failed: {0}")]
+    Task(tokio::task::JoinError),
     #[error("the CSI server on {path:?} failed: {source}")]
     Serve {
         path: PathBuf,
@@ -153,28 +156,59 @@ pub async fn run(config: Config, args: &CsiArgs) -> Result<(), CsiError> {
         pods = %plugin.pods.real().display(),
         "CSI node plugin serving"
     );
-    let served = tonic::transport::Server::builder()
-        .add_service(proto::identity_server::IdentityServer::new(
-            identity::IdentityService {
-                plugin: Arc::clone(&plugin),
-            },
-        ))
-        .add_service(proto::node_server::NodeServer::new(node::NodeService {
-            plugin,
-        }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            async {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                tracing::info!("CSI node plugin stopping");
-            },
-        )
-        .await;
+    let drain = Duration::from_millis(plugin.config.limits.drain_timeout_ms);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::identity_server::IdentityServer::new(
+                identity::IdentityService {
+                    plugin: Arc::clone(&plugin),
+                },
+            ))
+            .add_service(proto::node_server::NodeServer::new(node::NodeService {
+                plugin,
+            }))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let ended = tokio::select! {
+        r = &mut server => Some(r),
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+    };
+    let served = match ended {
+        Some(r) => r,
+        None => stop_within(stop, server, drain).await,
+    };
     let _ = std::fs::remove_file(&path);
-    served.map_err(|source| CsiError::Serve { path, source })
+    match served {
+        Ok(r) => r.map_err(|source| CsiError::Serve { path, source }),
+        Err(e) => Err(CsiError::Task(e)),
+    }
+}
+
+/// Stops accepting and waits up to `drain` (`limits.drain_timeout_ms`) for
+/// calls in flight. The kubelet keeps its connection open, so the server
+/// never ends by itself once the calls are done: after `drain` it is dropped.
+async fn stop_within(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    drain: Duration,
+) -> Result<Result<(), tonic::transport::Error>, tokio::task::JoinError> {
+    tracing::info!("CSI node plugin stopping");
+    let _ = stop.send(());
+    let abort = server.abort_handle();
+    match tokio::time::timeout(drain, server).await {
+        Ok(r) => r,
+        Err(_) => {
+            abort.abort();
+            Ok(Ok(()))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ impl PodsDir {
 
     /// Checks `target` and returns its resolved path, creating the last
     /// component (`mount`) when `create` and it is missing. `Ok(None)`: it
-    /// does not exist (and `create` is false).
+    /// or a parent does not exist (and `create` is false).
     pub fn resolve(&self, target: &Path, create: bool) -> Result<Option<PathBuf>, TargetError> {
         let path = target.to_path_buf();
         if !target.is_absolute() {
@@ -103,6 +103,7 @@ impl PodsDir {
             real.push(part);
             match check_dir(&real) {
                 Ok(true) => {}
+                Ok(false) if !create => return Ok(None),
                 Ok(false) => {
                     return Err(TargetError::ParentMissing { path, parent: real });
                 }
@@ -244,6 +245,11 @@ mod tests {
         assert!(!outside.join("volumes/kubernetes.io~csi/v/mount").exists());
         // A parent the kubelet did not create.
         let orphan = root.join("pods/uid-3/volumes/kubernetes.io~csi/v/mount");
-        assert!(matches!(refuse(orphan), TargetError::ParentMissing { .. }));
+        assert!(matches!(
+            refuse(orphan.clone()),
+            TargetError::ParentMissing { .. }
+        ));
+        // Nothing to unpublish there.
+        assert_eq!(pods.resolve(&orphan, false).unwrap(), None);
     }
 }
