@@ -98,6 +98,19 @@ impl Daemon {
             .collect()
     }
 
+    /// `GET /metrics` on the daemon's socket: the Prometheus text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.socket.display()));
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: jss\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("ask for /metrics: {e}"));
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .unwrap_or_else(|e| panic!("read /metrics: {e}"));
+        text
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }
@@ -132,4 +145,14 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// The value of the sample `name` (exact, labels included) in Prometheus
+/// text, e.g. `jss_refreshes_total`; 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0)
 }

@@ -37,6 +37,20 @@ pub struct Counters {
     /// Most commands that were waiting for the TPM at one time.
     pub max_waiting: AtomicU64,
     waiting: AtomicU64,
+    /// The digest of every slowed `TPM2_Sign`, in the order the TPM signed.
+    signed: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Counters {
+    /// The digests the TPM signed so far, oldest first: SHA-256 of each
+    /// token's signing input (`header.claims`), so a test can tell whose
+    /// token each signature was.
+    pub fn signed_digests(&self) -> Vec<Vec<u8>> {
+        self.signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A running proxy; stops accepting on drop.
@@ -159,6 +173,11 @@ fn serve_commands(mut client: TcpStream, s: &Shared) {
             let done = matches!(&answer, Ok(a) if a[6..10] == [0, 0, 0, 0]);
             if done && s.slow.contains(&code) {
                 c.slowed.fetch_add(1, Ordering::Relaxed);
+                if code == TPM2_CC_SIGN
+                    && let Some(d) = sign_digest(&cmd)
+                {
+                    c.signed.lock().unwrap_or_else(|p| p.into_inner()).push(d);
+                }
                 // The TPM is busy for the whole signature, not just the answer.
                 thread::sleep(s.latency.saturating_sub(started.elapsed()));
             }
@@ -170,6 +189,22 @@ fn serve_commands(mut client: TcpStream, s: &Shared) {
         }
     }
     let _ = client.shutdown(Shutdown::Both);
+}
+
+/// The digest a `TPM2_Sign` command asks to sign (TPM 2.0 Library Part 3,
+/// TPM2_Sign): after the 10-byte header come `keyHandle: u32`,
+/// `authorizationSize: u32` and that many bytes of sessions, then the
+/// `TPM2B_DIGEST` (`size: u16`, bytes). In clear: the signer authorises the
+/// key with a password session, which encrypts no parameter.
+fn sign_digest(cmd: &[u8]) -> Option<Vec<u8>> {
+    // TPM_ST_SESSIONS: a key's use is always authorised
+    if cmd.get(..2)? != [0x80, 0x02] {
+        return None;
+    }
+    let be32 = |at: usize| Some(u32::from_be_bytes(cmd.get(at..at + 4)?.try_into().ok()?));
+    let at = 18 + usize::try_from(be32(14)?).ok()?;
+    let len = usize::from(u16::from_be_bytes(cmd.get(at..at + 2)?.try_into().ok()?));
+    Some(cmd.get(at + 2..at + 2 + len)?.to_vec())
 }
 
 fn exchange(upstream: u16, cmd: &[u8]) -> std::io::Result<Vec<u8>> {

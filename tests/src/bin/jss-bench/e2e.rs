@@ -16,7 +16,8 @@ use jss_tests::pods::{Layout, PodProcess, Qos};
 use crate::http::Conn;
 use crate::{CONCURRENCY, Figures, percentile};
 
-const REQUEST: &[u8] = b"POST /v1/token HTTP/1.1\r\nHost: jss\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"audience\":\"vault\"}";
+/// `POST /v1/token` for the audience `vault`.
+pub const REQUEST: &[u8] = b"POST /v1/token HTTP/1.1\r\nHost: jss\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"audience\":\"vault\"}";
 
 /// `client SOCKET SECONDS`: requests tokens until the time is up, then prints
 /// `errors N` and one latency in microseconds per line.

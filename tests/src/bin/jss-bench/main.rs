@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector|entities] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector|entities|slow-tpm|tpm-sign] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -20,6 +20,11 @@
 //! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
 //! - entities (not part of `all`): the cost of the mapped `jti` per login;
 //!   entity count and OpenBao RSS after 1,000 rollouts, pruned and not.
+//! - slow-tpm (not part of `all`; one pass unless `--repeat`): a node boot
+//!   and the steady-state workload capacity on swtpm slowed to real TPM
+//!   latencies (`--latency-ms 35,70,200`; see slow_tpm.rs).
+//! - tpm-sign (not part of `all`): this node's TPM2_Sign latency
+//!   (`--tcti device:/dev/tpmrm0`; see tpm_sign.rs).
 
 mod attest;
 mod e2e;
@@ -30,6 +35,9 @@ mod openbao;
 mod scale;
 mod secrets;
 mod sign;
+mod slow_tpm;
+mod tpm_sign;
+mod workload;
 
 use std::collections::BTreeMap;
 
@@ -206,22 +214,33 @@ fn run() -> anyhow::Result<()> {
         // A load-generating process inside the pod's cgroup (see e2e).
         return e2e::client_main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("workload") {
+        // A pod asking for tokens (see slow-tpm).
+        return workload::main(&args[1..]);
+    }
     let seconds: u64 = args
         .iter()
         .position(|a| a == "--seconds")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let what = match args.first() {
+        Some(w) if !w.starts_with('-') => w.as_str(),
+        _ => "all",
+    };
+    // slow-tpm takes minutes per pass and searches in steps: one pass.
+    let one_pass = matches!(what, "slow-tpm" | "tpm-sign");
     let repeat: usize = args
         .iter()
         .position(|a| a == "--repeat")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(if one_pass { 1 } else { 3 })
         .max(1);
-    let what = match args.first() {
-        Some(w) if !w.starts_with('-') => w.as_str(),
-        _ => "all",
+    let slow_tpm = if what == "slow-tpm" {
+        Some(slow_tpm::Options::from_args(&args)?)
+    } else {
+        None
     };
     let mut passes: Vec<Figures> = Vec::new();
     for pass in 1..=repeat {
@@ -250,6 +269,12 @@ fn run() -> anyhow::Result<()> {
         }
         if what == "entities" {
             figures.extend(entities::run()?);
+        }
+        if let Some(o) = &slow_tpm {
+            figures.extend(slow_tpm::run(o)?);
+        }
+        if what == "tpm-sign" {
+            figures.extend(tpm_sign::run(&args)?);
         }
         passes.push(figures);
     }
