@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::claims::injected::image_reference_problem;
 use crate::claims::{DEFAULT_SUB_TEMPLATE, SubTemplate};
 use crate::kubelet::KubeletConfig;
 use crate::signer::{DEFAULT_TCTI, SignerConfig, SignerKind};
@@ -69,6 +70,17 @@ struct Raw {
     kubelet: KubeletConfig,
     #[serde(default)]
     spiffe: SpiffeSection,
+    #[serde(default)]
+    injector: InjectorSection,
+}
+
+/// `[injector]`: what `jss-injector` writes into pods on this cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectorSection {
+    /// The JSS image reference of injected containers, exactly as the
+    /// injector's `inject.image`; unset: no container is left out of `images`.
+    image: Option<String>,
 }
 
 fn d_socket() -> PathBuf {
@@ -190,6 +202,9 @@ pub struct Config {
     pub kubelet: KubeletConfig,
     /// `[spiffe]`; `None` when `trust_domain` is not set.
     pub spiffe: Option<SpiffeConfig>,
+    /// `[injector] image`: containers the injector adds with this image
+    /// are left out of `images` (`claims::injected`); `None`: none is.
+    pub injector_image: Option<String>,
 }
 
 impl Config {
@@ -279,6 +294,14 @@ impl Config {
             .validate()
             .map_err(|e| invalid("kubelet", e.to_string()))?;
         let spiffe = crate::spiffe::config::validate(raw.spiffe).map_err(|(k, r)| invalid(k, r))?;
+        if let Some(image) = &raw.injector.image
+            && let Some(problem) = image_reference_problem(image)
+        {
+            return Err(invalid(
+                "injector.image",
+                format!("{image:?} {problem}; set it to jss-injector's inject.image"),
+            ));
+        }
         Ok(Self {
             socket: raw.socket,
             socket_mode,
@@ -304,6 +327,7 @@ impl Config {
             limits: raw.limits,
             kubelet: raw.kubelet,
             spiffe,
+            injector_image: raw.injector.image,
         })
     }
 }
