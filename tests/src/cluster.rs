@@ -73,7 +73,7 @@ pub struct Cluster {
     pub bao: Bao,
     pub dir: tempfile::TempDir,
     pub daemon: Daemon,
-    _kubelet: KubeletStandin,
+    pub kubelet: KubeletStandin,
     _tpm: Swtpm,
 }
 
@@ -185,7 +185,7 @@ ca_path = "{ca}"
             bao,
             dir,
             daemon,
-            _kubelet: kubelet,
+            kubelet,
             _tpm: tpm,
         }
     }
