@@ -143,7 +143,7 @@ pub fn parse(ann: &Map<String, Value>) -> Result<Option<Request>, AnnotationErro
     };
     let format = match text(ann, JSS_FORMAT) {
         None => None,
-        Some(f @ ("json" | "raw")) => Some(f.to_string()),
+        Some(f) if jss::claims::injected::valid_format(f) => Some(f.to_string()),
         Some(f) => return Err(AnnotationError::BadFormat(f.into())),
     };
     Ok(Some(Request {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use jss::claims::injected;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -309,10 +310,10 @@ fn is_quantity(s: &str) -> bool {
 
 impl Inject {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.image.is_empty() || self.image.contains(char::is_whitespace) {
+        if let Some(problem) = injected::image_reference_problem(&self.image) {
             return Err(invalid(
                 "inject.image",
-                format!("{:?} is not an image reference", self.image),
+                format!("{:?} is not an image reference: it {problem}", self.image),
             ));
         }
         if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
@@ -349,18 +350,24 @@ impl Inject {
         if self.refresh_seconds == 0 {
             return Err(invalid("inject.refresh_seconds", "must be at least 1"));
         }
-        if !["json", "raw"].contains(&self.format.as_str()) {
+        if !injected::valid_format(&self.format) {
             return Err(invalid(
                 "inject.format",
                 format!("{:?} must be json or raw", self.format),
             ));
         }
-        let mode_ok = (3..=4).contains(&self.file_mode.len())
-            && u32::from_str_radix(&self.file_mode, 8).is_ok_and(|m| m <= 0o777);
-        if !mode_ok {
+        if !injected::valid_file_mode(&self.file_mode) {
             return Err(invalid(
                 "inject.file_mode",
                 format!("{:?} must be an octal mode such as 0640", self.file_mode),
+            ));
+        }
+        if let Some(m) = &self.auth_mount
+            && !injected::valid_auth_mount(m)
+        {
+            return Err(invalid(
+                "inject.auth_mount",
+                format!("{m:?} must be a mount path such as jss-prod-1, not empty or a flag"),
             ));
         }
         if self.run_as_user == 0 {

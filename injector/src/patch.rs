@@ -3,24 +3,20 @@
 //! the operation: app containers' mounts first, then the inserted init
 //! containers at the front.
 
+pub use jss::claims::injected::{
+    INIT_NAME, READY_FILE, SECRETS_MOUNT, SIDECAR_NAME, SPEC_DIR, SPEC_FILE, STATE_DIR,
+};
+use jss::claims::injected::{Run, SecretsCommand};
 use serde_json::{Value, json};
 
 use crate::annotations::{JSS_STATUS, Request};
 use crate::config::{Inject, SidecarMode, SocketVolume, VaultCa};
 
-pub const INIT_NAME: &str = "jss-secrets-init";
-pub const SIDECAR_NAME: &str = "jss-secrets";
 pub const VOL_SOCKET: &str = "jss-socket";
 pub const VOL_SECRETS: &str = "jss-secrets";
 pub const VOL_SPEC: &str = "jss-secrets-spec";
 pub const VOL_STATE: &str = "jss-secrets-state";
 pub const VOL_CA: &str = "jss-vault-ca";
-/// TSI's layout: the app reads its secrets here.
-pub const SECRETS_MOUNT: &str = "/tsi-secrets";
-pub const SPEC_DIR: &str = "/var/run/jss-secrets-spec";
-pub const SPEC_FILE: &str = "secrets.yaml";
-pub const STATE_DIR: &str = "/var/run/jss-secrets-state";
-pub const READY_FILE: &str = "/var/run/jss-secrets-state/ready";
 pub const CA_DIR: &str = "/var/run/jss-vault-ca";
 const CA_FILE: &str = "ca.crt";
 const OUR_VOLUMES: &[&str] = &[VOL_SOCKET, VOL_SECRETS, VOL_SPEC, VOL_STATE, VOL_CA];
@@ -171,9 +167,20 @@ pub fn build(
         None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
     }
 
-    let mut inits = vec![container(INIT_NAME, &once_args(plan, cfg), cfg, false)];
+    let mut inits = vec![container(&command(plan, cfg, Run::Once), cfg)];
+    let refresh = |ready_file| {
+        let seconds = plan.refresh_seconds;
+        command(
+            plan,
+            cfg,
+            Run::Refresh {
+                seconds,
+                ready_file,
+            },
+        )
+    };
     if native {
-        let mut c = container(SIDECAR_NAME, &sidecar_args(plan, cfg, true), cfg, true);
+        let mut c = container(&refresh(true), cfg);
         c["restartPolicy"] = json!("Always");
         // App containers start once the first fetch is written.
         c["startupProbe"] = json!({
@@ -183,7 +190,7 @@ pub fn build(
         });
         inits.push(c);
     } else if sidecar {
-        let c = container(SIDECAR_NAME, &sidecar_args(plan, cfg, false), cfg, false);
+        let c = container(&refresh(false), cfg);
         ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": c}));
     }
     match list(pod, "initContainers") {
@@ -195,46 +202,19 @@ pub fn build(
     Ok(ops)
 }
 
-fn common_args(plan: &Plan, cfg: &Inject) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "jss",
-        "secrets",
-        "--spec",
-        &format!("{SPEC_DIR}/{SPEC_FILE}"),
-        "--out",
-        SECRETS_MOUNT,
-        "--format",
-        &plan.format,
-        "--file-mode",
-        &cfg.file_mode,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Some(m) = &cfg.auth_mount {
-        a.extend(["--auth-mount".to_string(), m.clone()]);
+/// The `jss secrets` command of an injected container.
+pub fn command(plan: &Plan, cfg: &Inject, run: Run) -> SecretsCommand {
+    SecretsCommand {
+        format: plan.format.clone(),
+        file_mode: cfg.file_mode.clone(),
+        auth_mount: cfg.auth_mount.clone(),
+        run,
     }
-    a
 }
 
-/// The first init container's command: fetch once, exit.
-pub fn once_args(plan: &Plan, cfg: &Inject) -> Vec<String> {
-    let mut a = common_args(plan, cfg);
-    a.push("--once".into());
-    a
-}
-
-/// The sidecar's command: refresh every `refresh_seconds`.
-pub fn sidecar_args(plan: &Plan, cfg: &Inject, native: bool) -> Vec<String> {
-    let mut a = common_args(plan, cfg);
-    a.extend(["--refresh-seconds".into(), plan.refresh_seconds.to_string()]);
-    if native {
-        a.extend(["--ready-file".into(), READY_FILE.into()]);
-    }
-    a
-}
-
-fn container(name: &str, command: &[String], cfg: &Inject, state: bool) -> Value {
+/// A container running `cmd`, named for it (the daemon recognises it by
+/// name, image and command: `jss::claims::injected`).
+fn container(cmd: &SecretsCommand, cfg: &Inject) -> Value {
     let mut env = vec![
         json!({"name": "JSS_SOCKET", "value": cfg.socket_path()}),
         json!({"name": "VAULT_ADDR", "value": cfg.vault_addr}),
@@ -248,15 +228,22 @@ fn container(name: &str, command: &[String], cfg: &Inject, state: bool) -> Value
         env.push(json!({"name": "VAULT_CACERT", "value": format!("{CA_DIR}/{CA_FILE}")}));
         mounts.push(json!({"name": VOL_CA, "mountPath": CA_DIR, "readOnly": true}));
     }
-    if state {
+    // The native sidecar's ready file, for its startupProbe.
+    if matches!(
+        cmd.run,
+        Run::Refresh {
+            ready_file: true,
+            ..
+        }
+    ) {
         mounts.push(json!({"name": VOL_STATE, "mountPath": STATE_DIR}));
     }
     let r = &cfg.resources;
     json!({
-        "name": name,
+        "name": cmd.placement().0,
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
-        "command": command,
+        "command": cmd.argv(),
         "env": env,
         "volumeMounts": mounts,
         "resources": {
@@ -288,5 +275,80 @@ fn socket_volume(cfg: &Inject) -> Value {
             "readOnly": true,
             "volumeAttributes": {"mode": "socket"},
         }}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jss::claims::InjectedContainers;
+    use jss::claims::injected::SpecView;
+    use jss::kubelet::ContainerKind;
+
+    use super::*;
+    use crate::annotations::parse;
+    use crate::config::{Config, FileConfig, Overrides};
+
+    fn strings(v: &Value) -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    }
+
+    /// Every container the injector adds, in every mode, is one the daemon
+    /// leaves out of `images` for the same image; the app's are not.
+    #[test]
+    fn the_daemon_recognises_exactly_the_containers_the_injector_writes() {
+        let mut cfg = Config::build(FileConfig::default(), Overrides::default())
+            .unwrap()
+            .inject;
+        cfg.auth_mount = Some("jss-prod-1".into());
+        let daemon = InjectedContainers::new(Some(cfg.image.clone()));
+        let other_image = InjectedContainers::new(Some("jss:other".into()));
+        let pod = json!({"metadata": {"annotations": {"admission.trusted.identity/inject": "true",
+            "tsi.secrets": "- {tsi.secret/name: s, tsi.secret/role: r, tsi.secret/vault-path: secret/ti-demo-all, tsi.secret/local-name: f}"}},
+            "spec": {"containers": [{"name": "app", "image": cfg.image, "command": ["jss", "secrets", "--once"]}]}});
+        let req = parse(pod["metadata"]["annotations"].as_object().unwrap())
+            .unwrap()
+            .unwrap();
+        for (init_only, native, added) in [(false, true, 2), (false, false, 2), (true, false, 1)] {
+            let plan = Plan {
+                init_only,
+                native_sidecar: native,
+                refresh_seconds: 45,
+                format: "raw".into(),
+            };
+            let mut seen = 0;
+            for op in build(&pod, &req, &plan, &cfg).unwrap() {
+                let path = op["path"].as_str().unwrap();
+                let kind = match path.rsplit_once('/').unwrap() {
+                    ("/spec", "initContainers") => ContainerKind::Init,
+                    ("/spec/initContainers", i) if i.parse::<usize>().is_ok() => {
+                        ContainerKind::Init
+                    }
+                    ("/spec/containers", "-") => ContainerKind::Container,
+                    _ => continue,
+                };
+                for c in op["value"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or(vec![op["value"].clone()])
+                {
+                    let (command, args) = (strings(&c["command"]), strings(&c["args"]));
+                    let view = SpecView {
+                        kind,
+                        name: c["name"].as_str().unwrap(),
+                        image: c["image"].as_str().unwrap(),
+                        command: &command,
+                        args: &args,
+                    };
+                    assert!(daemon.is_injected(view), "{c}");
+                    assert!(!other_image.is_injected(view), "{c}");
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, added, "init_only {init_only}, native {native}");
+        }
     }
 }

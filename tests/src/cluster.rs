@@ -73,7 +73,7 @@ pub struct Cluster {
     pub bao: Bao,
     pub dir: tempfile::TempDir,
     pub daemon: Daemon,
-    _kubelet: KubeletStandin,
+    pub kubelet: KubeletStandin,
     _tpm: Option<Swtpm>,
     /// The TPM connection every client uses (empty for a software key).
     pub tcti: String,
@@ -244,7 +244,7 @@ ca_path = "{ca}"
             bao,
             dir,
             daemon,
-            _kubelet: kubelet,
+            kubelet,
             _tpm: tpm,
             tcti,
             _proxy: proxy,

@@ -490,3 +490,58 @@ impl PodBuilder {
 pub fn pod_list(pods: &[Value]) -> Value {
     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods})
 }
+
+/// A pod as the API server holds it (a manifest, or a webhook's patched
+/// result) as the kubelet lists it once it runs on `node-1`: a new UID,
+/// `name`, and every container and init container running with a new
+/// container ID.
+pub struct Listed {
+    pub json: Value,
+    pub uid: String,
+    /// Container name → container ID.
+    pub ids: std::collections::BTreeMap<String, String>,
+}
+
+impl Listed {
+    pub fn new(pod: &Value, name: &str) -> Self {
+        let uid = crate::pods::random_pod_uid();
+        let mut json = pod.clone();
+        json["metadata"]["name"] = json!(name);
+        json["metadata"]["uid"] = json!(uid);
+        json["spec"]["nodeName"] = json!("node-1");
+        // The API server's default.
+        if json["spec"]["serviceAccountName"].is_null() {
+            json["spec"]["serviceAccountName"] = json!("default");
+        }
+        let mut ids = std::collections::BTreeMap::new();
+        let mut status = json!({"phase": "Running"});
+        for (spec, key) in [
+            ("containers", "containerStatuses"),
+            ("initContainers", "initContainerStatuses"),
+        ] {
+            let mut statuses = Vec::new();
+            for c in pod["spec"][spec].as_array().into_iter().flatten() {
+                let (name, image) = (c["name"].as_str().unwrap_or(""), &c["image"]);
+                let id = crate::pods::random_container_id();
+                let digest = crate::pods::hex_of(&format!("digest of {image}"), 64);
+                statuses.push(json!({
+                    "name": name, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                    "ready": true, "restartCount": 0, "image": image,
+                    "imageID": format!("registry.example.com/image@sha256:{digest}"),
+                    "containerID": format!("containerd://{id}"),
+                }));
+                ids.insert(name.to_string(), id);
+            }
+            status[key] = json!(statuses);
+        }
+        json["status"] = status;
+        Self { json, uid, ids }
+    }
+
+    /// The container ID of `name`.
+    pub fn id(&self, name: &str) -> &str {
+        self.ids
+            .get(name)
+            .unwrap_or_else(|| panic!("the pod has no container {name}"))
+    }
+}

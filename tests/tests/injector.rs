@@ -187,7 +187,7 @@ fn real_shaped_pods_are_patched_into_valid_restricted_pods() {
     assert_eq!(
         command(init),
         [
-            "jss",
+            "jss-agent",
             "secrets",
             "--spec",
             "/var/run/jss-secrets-spec/secrets.yaml",

@@ -19,6 +19,11 @@ pub struct ContainerImage {
     /// Image ID (config digest) `sha256:<hex>`.
     pub image_id: Option<String>,
     pub kind: ContainerKind,
+    /// The spec's `command` and `args` (how an injected container is told).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub command: Arc<[String]>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub args: Arc<[String]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,6 +93,8 @@ impl Workload {
                     digest: digests.repo_digest,
                     image_id: digests.image_id,
                     kind,
+                    command: Arc::clone(&c.command),
+                    args: Arc::clone(&c.args),
                 });
             }
         }

@@ -4,6 +4,7 @@
 //! server has already checked against the allow-list.
 
 mod images;
+pub mod injected;
 mod sub;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
 pub use images::{images_hash, images_names};
+pub use injected::InjectedContainers;
 pub use sub::{DEFAULT_SUB_TEMPLATE, POD_SUB_SUFFIX, SubTemplate, SubTemplateError};
 
 use crate::attest::{ContainerKind, Workload};
@@ -137,6 +139,7 @@ pub struct ClaimsBuilder {
     facts: NodeFacts,
     sub: SubTemplate,
     ttl_seconds: u64,
+    injected: InjectedContainers,
 }
 
 impl ClaimsBuilder {
@@ -145,7 +148,15 @@ impl ClaimsBuilder {
             facts,
             sub,
             ttl_seconds,
+            injected: InjectedContainers::default(),
         }
+    }
+
+    /// Leaves the containers `injected` recognises out of `images-names`
+    /// and `images` (by default none).
+    pub fn leaving_out(mut self, injected: InjectedContainers) -> Self {
+        self.injected = injected;
+        self
     }
 
     pub fn ttl_seconds(&self) -> u64 {
@@ -177,10 +188,20 @@ impl ClaimsBuilder {
         audience: &'a str,
         now: u64,
     ) -> Result<Claims<'a>, ClaimsError> {
-        // Spec image names: containers in spec order, then init containers (as TSI).
+        // Spec image names: containers in spec order, then init containers
+        // (as TSI), without the injector's own: the app's images.
         let names: Vec<&str> = [ContainerKind::Container, ContainerKind::Init]
             .iter()
             .flat_map(|k| w.images.iter().filter(move |c| c.kind == *k))
+            .filter(|c| {
+                !self.injected.is_injected(injected::SpecView {
+                    kind: c.kind,
+                    name: &c.name,
+                    image: &c.image,
+                    command: &c.command,
+                    args: &c.args,
+                })
+            })
             .map(|c| c.image.as_str())
             .collect();
         let container = scope == Scope::Container;
@@ -224,3 +245,5 @@ fn new_jti() -> Result<String, ClaimsError> {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_injected;

@@ -21,6 +21,8 @@ pub(crate) fn workload() -> Workload {
                 digest: None,
                 image_id: None,
                 kind: ContainerKind::Init,
+                command: Default::default(),
+                args: Default::default(),
             },
             ContainerImage {
                 name: "app".into(),
@@ -28,6 +30,8 @@ pub(crate) fn workload() -> Workload {
                 digest: Some(format!("sha256:{}", "ab".repeat(32))),
                 image_id: Some(format!("sha256:{}", "cd".repeat(32))),
                 kind: ContainerKind::Container,
+                command: Default::default(),
+                args: Default::default(),
             },
             ContainerImage {
                 name: "side".into(),
@@ -35,6 +39,8 @@ pub(crate) fn workload() -> Workload {
                 digest: None,
                 image_id: None,
                 kind: ContainerKind::Container,
+                command: Default::default(),
+                args: Default::default(),
             },
         ],
         labels: Default::default(),
@@ -42,7 +48,7 @@ pub(crate) fn workload() -> Workload {
     }
 }
 
-fn builder() -> ClaimsBuilder {
+pub(crate) fn builder() -> ClaimsBuilder {
     ClaimsBuilder::new(
         NodeFacts {
             issuer: "jss://EUCluster".into(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::claims::injected::image_reference_problem;
 use crate::claims::{DEFAULT_SUB_TEMPLATE, SubTemplate};
 use crate::kubelet::KubeletConfig;
 use crate::signer::{DEFAULT_TCTI, SignerConfig, SignerKind};
@@ -71,6 +72,17 @@ struct Raw {
     spiffe: SpiffeSection,
     #[serde(default)]
     csi: CsiConfig,
+    #[serde(default)]
+    injector: InjectorSection,
+}
+
+/// `[injector]`: what `jss-injector` writes into pods on this cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectorSection {
+    /// The JSS image reference of injected containers, exactly as the
+    /// injector's `inject.image`; unset: no container is left out of `images`.
+    image: Option<String>,
 }
 
 fn d_socket() -> PathBuf {
@@ -215,6 +227,9 @@ pub struct Config {
     /// `[spiffe]`; `None` when `trust_domain` is not set.
     pub spiffe: Option<SpiffeConfig>,
     pub csi: CsiConfig,
+    /// `[injector] image`: containers the injector adds with this image
+    /// are left out of `images` (`claims::injected`); `None`: none is.
+    pub injector_image: Option<String>,
 }
 
 impl Config {
@@ -305,6 +320,14 @@ impl Config {
             .map_err(|e| invalid("kubelet", e.to_string()))?;
         let spiffe = crate::spiffe::config::validate(raw.spiffe).map_err(|(k, r)| invalid(k, r))?;
         check_pod_token_socket(&raw.csi, &raw.socket, spiffe.as_ref())?;
+        if let Some(image) = &raw.injector.image
+            && let Some(problem) = image_reference_problem(image)
+        {
+            return Err(invalid(
+                "injector.image",
+                format!("{image:?} {problem}; set it to jss-injector's inject.image"),
+            ));
+        }
         Ok(Self {
             socket: raw.socket,
             socket_mode,
@@ -331,6 +354,7 @@ impl Config {
             kubelet: raw.kubelet,
             spiffe,
             csi: raw.csi,
+            injector_image: raw.injector.image,
         })
     }
 }

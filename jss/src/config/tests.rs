@@ -102,3 +102,20 @@ fn kubelet_url_may_name_the_node() {
     .unwrap();
     assert_eq!(c.kubelet.url, "https://node-1:10250");
 }
+
+#[test]
+fn injector_image_is_optional_and_checked() {
+    assert_eq!(parse(EXAMPLE).unwrap().injector_image, None);
+    let commented = "# image = \"registry.example.com/jss@sha256:...\"";
+    assert!(EXAMPLE.contains(commented));
+    let with = |image: &str| parse(&EXAMPLE.replace(commented, &format!("image = \"{image}\"")));
+    let jss = "registry.example.com/jss@sha256:".to_string() + &"0a".repeat(32);
+    assert_eq!(
+        with(&jss).unwrap().injector_image.as_deref(),
+        Some(jss.as_str())
+    );
+    for bad in ["", "jss 1", "jss@sha256:0a"] {
+        let e = with(bad).unwrap_err();
+        assert!(e.to_string().contains("injector.image"), "{bad:?}: {e}");
+    }
+}

@@ -35,6 +35,12 @@ pub struct SpecContainer {
     pub name: String,
     #[serde(default, deserialize_with = "null_default")]
     pub image: String,
+    /// `command` and `args` tell a container the injector added
+    /// (`claims::injected`); shared with the workloads, not copied.
+    #[serde(default, deserialize_with = "null_default")]
+    pub command: Arc<[String]>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub args: Arc<[String]>,
 }
 
 /// A container as the kubelet last saw it.

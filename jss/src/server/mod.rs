@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use crate::attest::{Attestor, Peer};
 use crate::cache::TokenCache;
 use crate::chain::{Chain, ChainError};
-use crate::claims::{ClaimsBuilder, ClaimsError, NodeFacts, read_machine_id};
+use crate::claims::{ClaimsBuilder, ClaimsError, InjectedContainers, NodeFacts, read_machine_id};
 use crate::config::Config;
 use crate::kubelet::PodSource;
 use crate::signer::{KeyPolicy, SignQueue, Signer, SignerError};
@@ -125,7 +125,8 @@ impl App {
             })?;
         Ok(Self {
             attestor: Attestor::new(cfg.proc_root.clone(), Arc::clone(&pods)),
-            claims: ClaimsBuilder::new(facts, cfg.sub_template.clone(), cfg.token_ttl_seconds),
+            claims: ClaimsBuilder::new(facts, cfg.sub_template.clone(), cfg.token_ttl_seconds)
+                .leaving_out(InjectedContainers::new(cfg.injector_image.clone())),
             cache: TokenCache::new(if cfg.cache.enabled {
                 cfg.cache.max_entries
             } else {

@@ -44,13 +44,53 @@ pub fn client_main(args: &[String]) -> anyhow::Result<()> {
             }
         }
     }
+    print_samples(&lat, errors);
+    Ok(())
+}
+
+/// A client's report: `errors N`, then one latency in microseconds per line.
+pub fn print_samples(lat: &[u32], errors: u64) {
     let mut out = format!("errors {errors}\n");
     for l in lat {
         out.push_str(&l.to_string());
         out.push('\n');
     }
     print!("{out}");
-    Ok(())
+}
+
+/// Runs `clients` processes of `jss-bench ARGS…` in `pod` and reads their
+/// reports; the sorted latencies and the error count.
+pub fn load(pod: &PodProcess, args: &[&str], clients: usize) -> anyhow::Result<(Vec<u32>, u64)> {
+    let me = std::env::current_exe().context("find the jss-bench executable")?;
+    let children: Vec<_> = (0..clients)
+        .map(|_| spawn_in(pod, &me, args, Stdio::piped()))
+        .collect();
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    for mut ch in children {
+        let mut out = String::new();
+        if let Some(mut stdout) = ch.stdout.take() {
+            stdout
+                .read_to_string(&mut out)
+                .context("read a client's output")?;
+        }
+        let status = ch.wait().context("wait for a client")?;
+        ensure!(status.success(), "a benchmark client failed ({status})");
+        let mut lines = out.lines();
+        errors += lines
+            .next()
+            .and_then(|l| l.strip_prefix("errors "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("a client's output lacks `errors N`: {out:.200}"))?;
+        for l in lines {
+            lat.push(
+                l.parse()
+                    .with_context(|| format!("a client's latency {l:?}"))?,
+            );
+        }
+    }
+    lat.sort_unstable();
+    Ok((lat, errors))
 }
 
 fn read_proc(pid: u32, file: &str) -> anyhow::Result<String> {
@@ -105,39 +145,11 @@ fn one(
         &node.pod_uid,
         &node.app_id,
     );
-    let me = std::env::current_exe().context("find the jss-bench executable")?;
     let sock = daemon.socket.display().to_string();
     let secs = seconds.to_string();
     for c in CONCURRENCY {
         let cpu_before = cpu_us(daemon.pid())?;
-        let children: Vec<_> = (0..c)
-            .map(|_| spawn_in(&pod, &me, &["client", &sock, &secs], Stdio::piped()))
-            .collect();
-        let mut lat = Vec::new();
-        let mut errors = 0u64;
-        for mut ch in children {
-            let mut out = String::new();
-            if let Some(mut stdout) = ch.stdout.take() {
-                stdout
-                    .read_to_string(&mut out)
-                    .context("read a client's output")?;
-            }
-            let status = ch.wait().context("wait for a client")?;
-            ensure!(status.success(), "a benchmark client failed ({status})");
-            let mut lines = out.lines();
-            errors += lines
-                .next()
-                .and_then(|l| l.strip_prefix("errors "))
-                .and_then(|n| n.parse::<u64>().ok())
-                .with_context(|| format!("a client's output lacks `errors N`: {out:.200}"))?;
-            for l in lines {
-                lat.push(
-                    l.parse()
-                        .with_context(|| format!("a client's latency {l:?}"))?,
-                );
-            }
-        }
-        lat.sort_unstable();
+        let (lat, errors) = load(&pod, &["client", &sock, &secs], c)?;
         let rate = lat.len() as f64 / seconds as f64;
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         // The daemon's own CPU per token: steadier than rates on a shared machine.

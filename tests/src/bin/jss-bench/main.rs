@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, as ratios against references measured in
 //! the same run (these machines are shared and noisy).
 //!
-//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector|entities|slow-tpm|tpm-sign] [--seconds N] [--repeat N] [--out FILE]`
+//! `jss-bench [all|sign|e2e|attest|openbao|secrets|injector|svid|entities|slow-tpm|tpm-sign] [--seconds N] [--repeat N] [--out FILE]`
 //!
 //! With `--repeat N` (default 3) the whole selection runs N times in turn and
 //! every figure is the median of its N values: on these shared machines a
@@ -18,6 +18,8 @@
 //! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
 //!   written), the sidecar's RSS and CPU per refresh and while idle.
 //! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
+//! - svid: JWT-SVIDs/s over gRPC (SPIFFE Workload API) next to tokens/s over
+//!   HTTP, 16 clients, cache off and on, p99, the ratio gRPC/HTTP.
 //! - entities (not part of `all`): the cost of the mapped `jti` per login;
 //!   entity count and OpenBao RSS after 1,000 rollouts, pruned and not.
 //! - slow-tpm (not part of `all`; one pass unless `--repeat`): a node boot
@@ -36,6 +38,7 @@ mod scale;
 mod secrets;
 mod sign;
 mod slow_tpm;
+mod svid;
 mod tpm_sign;
 mod workload;
 
@@ -218,6 +221,9 @@ fn run() -> anyhow::Result<()> {
         // A pod asking for tokens (see slow-tpm).
         return workload::main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("spiffe-client") {
+        return svid::client_main(&args[1..]);
+    }
     let seconds: u64 = args
         .iter()
         .position(|a| a == "--seconds")
@@ -266,6 +272,9 @@ fn run() -> anyhow::Result<()> {
         }
         if matches!(what, "injector" | "all") {
             figures.extend(injector::run(seconds));
+        }
+        if matches!(what, "svid" | "all") {
+            figures.extend(svid::run(seconds)?);
         }
         if what == "entities" {
             figures.extend(entities::run()?);
