@@ -284,6 +284,50 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
     assert!(!mounted(&t), "{t:?} still mounted");
     assert!(!file.exists() && !t.exists());
 
+    // A pod the kubelet does not list yet: the daemon waits for it (its
+    // retry window) and so does that publish, holding only its own target.
+    // Another volume publishes and unpublishes meanwhile; then the pod is
+    // listed and the waiting publish succeeds. With one lock for all
+    // targets, the other calls would wait until the daemon gave up on the
+    // pod (pod_not_found) and only then list it.
+    let late = PodDef::new(&demo.namespace, "late-7c9d", "app", "app:1");
+    let lt = target(&kubelet, &late.uid, "jss-token");
+    let mut late_node = node.clone();
+    let late_publish = publish(&lt, token_context(&late, &late.uid));
+    let waiting = tokio::spawn(async move { late_node.node_publish_volume(late_publish).await });
+    // Its tmpfs is mounted before the fetch: the publish holds its target.
+    wait_for(30, "the late pod's publish in its fetch", &logs, || {
+        mounted(&lt)
+    });
+    let other = target(&kubelet, &demo.uid, "jss-token-2");
+    node.node_publish_volume(publish(&other, token_context(&demo, &demo.uid)))
+        .await
+        .unwrap_or_else(|s| panic!("publish beside a waiting one: {s}\n{}", logs()));
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "csi-jss-token-2".into(),
+        target_path: other.display().to_string(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("unpublish beside a waiting publish: {s}\n{}", logs()));
+    assert!(!other.exists() && !mounted(&other));
+    assert!(
+        !waiting.is_finished(),
+        "the other volume's calls waited for the late pod's publish\n{}",
+        logs()
+    );
+    c.kubelet().set_pods(pod_list(&[demo.json(), late.json()]));
+    waiting
+        .await
+        .unwrap()
+        .unwrap_or_else(|s| panic!("publish for a pod listed late: {s}\n{}", logs()));
+    assert!(lt.join("token").is_file());
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "csi-jss-token".into(),
+        target_path: lt.display().to_string(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("unpublish: {s}\n{}", logs()));
+
     // A pod the kubelet does not list: refused, nothing left mounted.
     let ghost = "0b6f5c1e-9d8a-4c3b-a2e1-f0e9d8c7b6a5";
     let g = target(&kubelet, ghost, "jss-token");
