@@ -14,7 +14,7 @@ use std::time::Duration;
 use jss::csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest};
 use jss_tests::cluster::{Cluster, MOUNT, PodDef, unix_now};
 use jss_tests::csi::{self, CsiPlugin};
-use jss_tests::daemon::Daemon;
+use jss_tests::daemon::{Daemon, ask, status_code};
 use jss_tests::kubelet::{Ctr, Fault, PodBuilder, pod_list};
 use jss_tests::node::{NAMESPACE, Node, POD_NAME};
 use jss_tests::watch::wait_for;
@@ -278,32 +278,6 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
         "{}",
         String::from_utf8_lossy(&metrics)
     );
-}
-
-/// One request on the pod-token socket as root, the raw answer back.
-fn ask(socket: &Path, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: j\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// `(status, error code)` of an answer.
-fn status_code(answer: &str) -> (u16, String) {
-    let status = answer[9..12].parse().unwrap();
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let code = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(String::from))
-        .unwrap_or_default();
-    (status, code)
 }
 
 /// The daemon side alone (software key, the kubelet stand-in): the pod
