@@ -49,6 +49,17 @@ impl PodDef {
         Self::new(DEMO_NS, "myubuntu-698b8cb4b-n6xgk", "myubuntu", DEMO_IMG)
     }
 
+    /// The pod as the kubelet lists it: its one container running.
+    pub fn json(&self) -> serde_json::Value {
+        PodBuilder::new(&self.uid, &self.namespace, &self.name)
+            .container(Ctr::running(
+                &self.container,
+                &self.image,
+                &self.container_id,
+            ))
+            .json()
+    }
+
     /// The pod's `images` claim.
     pub fn images(&self) -> String {
         jss::claims::images_hash(&[self.image.as_str()])
@@ -199,16 +210,8 @@ impl Cluster {
             register.extend(["--pcrs", p]);
         }
         bootstrap(&bao, &register);
-        let kubelet = KubeletStandin::start(pod_list(
-            &pods
-                .iter()
-                .map(|p| {
-                    PodBuilder::new(&p.uid, &p.namespace, &p.name)
-                        .container(Ctr::running(&p.container, &p.image, &p.container_id))
-                        .json()
-                })
-                .collect::<Vec<_>>(),
-        ));
+        let kubelet =
+            KubeletStandin::start(pod_list(&pods.iter().map(|p| p.json()).collect::<Vec<_>>()));
         std::fs::write(
             dir.path().join("machine-id"),
             "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n",
@@ -249,6 +252,11 @@ ca_path = "{ca}"
             tcti,
             _proxy: proxy,
         }
+    }
+
+    /// The kubelet stand-in, to change the pods it lists.
+    pub fn kubelet(&self) -> &KubeletStandin {
+        &self._kubelet
     }
 
     pub fn path(&self) -> &Path {

@@ -235,6 +235,24 @@ impl CsiClient {
     }
 }
 
+/// A Node client for async tests on the plugin's unix socket, once it
+/// answers (a killed plugin leaves its socket file until the next binds).
+pub async fn node_client(endpoint: &Path) -> NodeClient<Channel> {
+    let uri = format!("unix://{}", endpoint.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = tonic::transport::Endpoint::from_shared(uri.clone())
+            .unwrap_or_else(|e| panic!("endpoint: {e}"));
+        match e.connect().await {
+            Ok(channel) => return NodeClient::new(channel),
+            Err(e) if Instant::now() >= deadline => {
+                panic!("jss csi does not answer on {}: {e}", endpoint.display())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// The kubelet's volume handle for an inline volume: `csi-` and a hash of
 /// the pod UID and volume name.
 pub fn volume_id(pod_uid: &str, name: &str) -> String {

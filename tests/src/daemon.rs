@@ -156,3 +156,36 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .next()
         .unwrap_or(0.0)
 }
+
+/// One HTTP/1.1 request on a daemon's unix socket (`Connection: close`),
+/// the raw answer back.
+pub fn ask(socket: &Path, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: j\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap_or_else(|e| panic!("write to {}: {e}", socket.display()));
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("read from {}: {e}", socket.display()));
+    out
+}
+
+/// `(status, error code)` of an [`ask`] answer: the status line's code and
+/// the JSON body's `error`.
+pub fn status_code(answer: &str) -> (u16, String) {
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line: {answer}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_default();
+    (status, code)
+}

@@ -85,6 +85,7 @@ fn the_overlay_adds_plugin_registrar_and_driver_and_no_credential_reaches_the_pl
     let want: BTreeSet<(String, String)> = [
         ("config", "/etc/jss"),
         ("run", "/run/jss"),
+        ("pod-token", "/run/jss-csi"),
         ("csi-plugin", "/csi"),
         ("kubelet-dir", "/var/lib/kubelet"),
         (
@@ -159,6 +160,82 @@ fn the_overlay_adds_plugin_registrar_and_driver_and_no_credential_reaches_the_pl
             .iter()
             .all(|m| m["name"] != "kubelet-dir"),
         "{daemon}"
+    );
+}
+
+/// Token mode is on in the overlay: its config.toml is the base's with
+/// `[csi] pod_token = true` and nothing else, and the pod-token socket's
+/// directory is mounted into the daemon and the CSI plugin and nowhere else.
+#[test]
+fn the_overlay_turns_the_pod_token_socket_on_for_the_daemon_and_the_plugin_only() {
+    use jss::config::Config;
+    let docs = render("csi");
+    let daemonset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../daemonset");
+    let parse = |text: &str| {
+        Config::parse(text, &daemonset.join("config.toml"), Some("node-1".into()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cm = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("jss-config-"))
+        })
+        .expect("the jss-config ConfigMap");
+    let text = cm["data"]["config.toml"].as_str().unwrap();
+    let cfg = parse(text);
+    assert!(cfg.csi.pod_token);
+    let base = std::fs::read_to_string(daemonset.join("base/config.toml")).unwrap();
+    let mut want = parse(&base);
+    assert!(!want.csi.pod_token);
+    want.csi.pod_token = true;
+    assert_eq!(format!("{cfg:?}"), format!("{want:?}"));
+
+    let ds = find(&docs, "DaemonSet", "jss");
+    let spec = &ds["spec"]["template"]["spec"];
+    let dir = cfg.csi.pod_token_socket.parent().unwrap().to_str().unwrap();
+    let vol = by_name(&spec["volumes"], "pod-token");
+    assert_eq!(
+        vol["hostPath"],
+        json!({"path": dir, "type": "DirectoryOrCreate"})
+    );
+    let mut mounted: Vec<&str> = Vec::new();
+    for c in spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["initContainers"].as_array().unwrap())
+    {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if m["name"] == "pod-token" {
+                assert_eq!(m["mountPath"], dir, "{c}");
+                assert!(
+                    m["readOnly"].is_null(),
+                    "the daemon binds, the plugin connects: {c}"
+                );
+                mounted.push(c["name"].as_str().unwrap());
+            }
+        }
+    }
+    assert_eq!(mounted, ["jss", "csi"]);
+    // `jss csi` reads that same file.
+    let plugin = by_name(&spec["containers"], "csi");
+    let cmd = strings(&plugin["command"]);
+    let config = cmd[cmd.iter().position(|a| *a == "--config").unwrap() + 1];
+    let config_mount = by_name(&plugin["volumeMounts"], "config");
+    assert_eq!(
+        config,
+        format!(
+            "{}/config.toml",
+            config_mount["mountPath"].as_str().unwrap()
+        )
+    );
+    let daemon = by_name(&spec["containers"], "jss");
+    assert_eq!(
+        strings(&daemon["command"]),
+        ["jss", "serve", "--config", config]
     );
 }
 

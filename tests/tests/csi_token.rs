@@ -7,153 +7,39 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use jss::csi::proto::node_client::NodeClient;
-use jss::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
-use jss::csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
+use jss::csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest};
 use jss_tests::cluster::{Cluster, MOUNT, PodDef, unix_now};
-use jss_tests::daemon::{Daemon, bin};
+use jss_tests::csi::{self, CsiPlugin};
+use jss_tests::daemon::{Daemon, ask, status_code};
 use jss_tests::kubelet::{Ctr, Fault, PodBuilder, pod_list};
 use jss_tests::node::{NAMESPACE, Node, POD_NAME};
-use jss_tests::watch::{Tail, wait_for};
+use jss_tests::watch::wait_for;
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
-
-/// Dials the plugin's unix socket (the kubelet's transport).
-#[derive(Clone)]
-struct UnixConnector(PathBuf);
-
-impl tonic::codegen::Service<hyper::Uri> for UnixConnector {
-    type Response = TokioIo<tokio::net::UnixStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: hyper::Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
-    }
-}
-
-/// A CSI Node client on the plugin's socket, once it answers (a killed
-/// plugin leaves its socket file behind until the next one replaces it).
-async fn node_client(socket: &Path) -> NodeClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match Endpoint::from_static("http://localhost")
-            .connect_with_connector(UnixConnector(socket.to_path_buf()))
-            .await
-        {
-            Ok(channel) => return NodeClient::new(channel),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("jss csi does not answer on {socket:?}: {e}"),
-        }
-    }
-}
-
-/// `jss csi` on `endpoint`, reading the daemon's config; killed on drop.
-struct Plugin {
-    child: Child,
-    log: Tail,
-}
-
-impl Plugin {
-    fn start(endpoint: &Path, config: &Path, kubelet_dir: &Path) -> Self {
-        let mut child = Command::new(bin("jss"))
-            .arg("csi")
-            .arg("--endpoint")
-            .arg(format!("unix://{}", endpoint.display()))
-            .arg("--config")
-            .arg(config)
-            .arg("--kubelet-dir")
-            .arg(kubelet_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Tail::of(&mut child);
-        Self { child, log }
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The plugin's and the daemon's logs, for a failure message.
-fn both_logs(plugin: &Plugin, c: &Cluster) -> String {
-    format!(
-        "plugin:\n{}\njss:\n{}",
-        plugin.log.text(),
-        c.daemon.stderr()
-    )
+fn both_logs(plugin: &CsiPlugin, c: &Cluster) -> String {
+    format!("plugin:\n{}\njss:\n{}", plugin.stderr(), c.daemon.stderr())
 }
 
 /// The volume context the kubelet sends for an inline token volume of `pod`
 /// (`podInfoOnMount: true`).
 fn token_context(pod: &PodDef, uid: &str) -> HashMap<String, String> {
-    [
-        ("mode", "token"),
-        ("audience", "vault"),
-        ("csi.storage.k8s.io/pod.name", pod.name.as_str()),
-        ("csi.storage.k8s.io/pod.namespace", pod.namespace.as_str()),
-        ("csi.storage.k8s.io/pod.uid", uid),
-        ("csi.storage.k8s.io/serviceAccount.name", "default"),
-        ("csi.storage.k8s.io/ephemeral", "true"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    csi::pod_context(
+        uid,
+        &pod.namespace,
+        &pod.name,
+        "default",
+        &[("mode", "token"), ("audience", "vault")],
+    )
 }
 
 fn publish(target: &Path, ctx: HashMap<String, String>) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: format!(
-            "csi-{}",
-            target
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-        ),
-        target_path: target.display().to_string(),
-        volume_capability: Some(VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: access_mode::Mode::SingleNodeWriter as i32,
-            }),
-        }),
-        volume_context: ctx,
-        ..Default::default()
-    }
-}
-
-/// The kubelet's target for CSI volume `name` of pod `uid` (its parent made,
-/// as the kubelet makes it).
-fn target(kubelet: &Path, uid: &str, name: &str) -> PathBuf {
-    let dir = kubelet.join(format!("pods/{uid}/volumes/kubernetes.io~csi/{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("mount")
+    let name = target.parent().unwrap().file_name().unwrap();
+    csi::publish_request(&format!("csi-{}", name.to_string_lossy()), target, ctx)
 }
 
 fn mounted(path: &Path) -> bool {
@@ -189,15 +75,15 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
     assert_eq!(mode(pod_socket.parent().unwrap()), 0o700);
     assert_eq!(mode(&pod_socket), 0o600);
 
-    let kubelet = run.path().join("kubelet");
-    std::fs::create_dir_all(kubelet.join("pods")).unwrap();
-    let endpoint = run.path().join("csi/csi.sock");
-    let mut plugin = Plugin::start(&endpoint, &c.daemon.config, &kubelet);
-    let mut node = node_client(&endpoint).await;
+    let kubelet = csi::KubeletDir::new();
+    let plugin_dir = run.path().join("csi");
+    std::fs::create_dir(&plugin_dir).unwrap();
+    let mut plugin = CsiPlugin::start(&plugin_dir, &c.daemon.config, kubelet.path());
+    let mut node = csi::node_client(&plugin.endpoint).await;
     let logs = || both_logs(&plugin, &c);
 
     // NodePublishVolume as the kubelet sends it: the tmpfs and the token.
-    let t = target(&kubelet, &demo.uid, "jss-token");
+    let t = kubelet.target(&demo.uid, "jss-token");
     node.node_publish_volume(publish(&t, token_context(&demo, &demo.uid)))
         .await
         .unwrap_or_else(|s| panic!("publish: {s}\n{}", logs()));
@@ -262,8 +148,8 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
     // A plugin restart (a DaemonSet update): the next republish resumes refreshing.
     drop(node);
     drop(plugin);
-    plugin = Plugin::start(&endpoint, &c.daemon.config, &kubelet);
-    let mut node = node_client(&endpoint).await;
+    plugin = CsiPlugin::start(&plugin_dir, &c.daemon.config, kubelet.path());
+    let mut node = csi::node_client(&plugin.endpoint).await;
     let logs = || both_logs(&plugin, &c);
     node.node_publish_volume(publish(&t, token_context(&demo, &demo.uid)))
         .await
@@ -284,9 +170,53 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
     assert!(!mounted(&t), "{t:?} still mounted");
     assert!(!file.exists() && !t.exists());
 
+    // A pod the kubelet does not list yet: the daemon waits for it (its
+    // retry window) and so does that publish, holding only its own target.
+    // Another volume publishes and unpublishes meanwhile; then the pod is
+    // listed and the waiting publish succeeds. With one lock for all
+    // targets, the other calls would wait until the daemon gave up on the
+    // pod (pod_not_found) and only then list it.
+    let late = PodDef::new(&demo.namespace, "late-7c9d", "app", "app:1");
+    let lt = kubelet.target(&late.uid, "jss-token");
+    let mut late_node = node.clone();
+    let late_publish = publish(&lt, token_context(&late, &late.uid));
+    let waiting = tokio::spawn(async move { late_node.node_publish_volume(late_publish).await });
+    // Its tmpfs is mounted before the fetch: the publish holds its target.
+    wait_for(30, "the late pod's publish in its fetch", &logs, || {
+        mounted(&lt)
+    });
+    let other = kubelet.target(&demo.uid, "jss-token-2");
+    node.node_publish_volume(publish(&other, token_context(&demo, &demo.uid)))
+        .await
+        .unwrap_or_else(|s| panic!("publish beside a waiting one: {s}\n{}", logs()));
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "csi-jss-token-2".into(),
+        target_path: other.display().to_string(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("unpublish beside a waiting publish: {s}\n{}", logs()));
+    assert!(!other.exists() && !mounted(&other));
+    assert!(
+        !waiting.is_finished(),
+        "the other volume's calls waited for the late pod's publish\n{}",
+        logs()
+    );
+    c.kubelet().set_pods(pod_list(&[demo.json(), late.json()]));
+    waiting
+        .await
+        .unwrap()
+        .unwrap_or_else(|s| panic!("publish for a pod listed late: {s}\n{}", logs()));
+    assert!(lt.join("token").is_file());
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "csi-jss-token".into(),
+        target_path: lt.display().to_string(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("unpublish: {s}\n{}", logs()));
+
     // A pod the kubelet does not list: refused, nothing left mounted.
     let ghost = "0b6f5c1e-9d8a-4c3b-a2e1-f0e9d8c7b6a5";
-    let g = target(&kubelet, ghost, "jss-token");
+    let g = kubelet.target(ghost, "jss-token");
     let s = node
         .node_publish_volume(publish(&g, token_context(&demo, ghost)))
         .await
@@ -348,32 +278,6 @@ async fn token_volumes_carry_a_fresh_pod_level_token_and_only_for_listed_pods() 
         "{}",
         String::from_utf8_lossy(&metrics)
     );
-}
-
-/// One request on the pod-token socket as root, the raw answer back.
-fn ask(socket: &Path, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: j\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// `(status, error code)` of an answer.
-fn status_code(answer: &str) -> (u16, String) {
-    let status = answer[9..12].parse().unwrap();
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let code = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(String::from))
-        .unwrap_or_default();
-    (status, code)
 }
 
 /// The daemon side alone (software key, the kubelet stand-in): the pod

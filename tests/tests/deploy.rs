@@ -67,9 +67,11 @@ const CONFIG_TOP_KEYS: &[&str] = &[
     "kubelet",
     // Shipped empty (off), its keys commented with their defaults.
     "spiffe",
+    "csi",
 ];
 const CONFIG_SIGNER_KEYS: &[&str] = &["kind", "tcti"];
 const CONFIG_KUBELET_KEYS: &[&str] = &["url", "token_path", "ca_path", "insecure_skip_tls_verify"];
+const CONFIG_CSI_KEYS: &[&str] = &["pod_token", "pod_token_socket"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1016,6 +1018,10 @@ fn config_examples_use_exactly_the_daemons_keys() {
         let k: BTreeSet<String> = kubelet.iter().map(|s| s.to_string()).collect();
         assert_eq!(keys(&cfg["signer"]), s, "{path:?}");
         assert_eq!(keys(&cfg["kubelet"]), k, "{path:?}");
+        let c: BTreeSet<String> = CONFIG_CSI_KEYS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(keys(&cfg["csi"]), c, "{path:?}");
+        // Off: only daemonset/csi (csi_deploy.rs) turns the pod-token socket on.
+        assert_eq!(cfg["csi"]["pod_token"], false, "{path:?}");
         assert!(
             keys(&cfg["spiffe"]).is_empty(),
             "{path:?}: SPIFFE is off by default"

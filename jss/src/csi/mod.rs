@@ -8,6 +8,7 @@
 //! directory and the node name; it holds no key and no credential.
 
 pub mod identity;
+pub mod locks;
 pub mod mount;
 pub mod node;
 pub mod target;
@@ -78,13 +79,13 @@ pub enum CsiError {
 }
 
 /// What the services share: the daemon's config, where targets may lie, the
-/// socket directory socket mode publishes, and a lock that serialises
-/// mount changes (one publish or unpublish at a time).
+/// socket directory socket mode publishes, and a lock per target that
+/// serialises the calls on one volume (and only on that one).
 pub struct Plugin {
     pub config: Arc<Config>,
     pub pods: target::PodsDir,
     pub socket_dir: PathBuf,
-    pub mounts: tokio::sync::Mutex<()>,
+    pub mounts: locks::TargetLocks,
     /// mode=token volumes and their refreshers.
     pub tokens: token::TokenVolumes,
 }
@@ -113,7 +114,7 @@ impl Plugin {
             config: Arc::new(config),
             pods,
             socket_dir,
-            mounts: tokio::sync::Mutex::new(()),
+            mounts: locks::TargetLocks::default(),
             tokens,
         })
     }

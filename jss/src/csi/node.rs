@@ -100,7 +100,8 @@ impl NodeService {
         })?;
         volume::check_capability(cap)?;
         let vol = VolumeRequest::parse(&req.volume_context)?;
-        let _serial = self.plugin.mounts.lock().await;
+        // This target only: a token fetch may wait on the daemon for long.
+        let _serial = self.plugin.mounts.lock(Path::new(&req.target_path)).await;
         let target = self
             .plugin
             .pods
@@ -150,7 +151,7 @@ impl NodeService {
         const RPC: &str = "NodeUnpublishVolume";
         required(&req.volume_id, RPC, "volume_id")?;
         required(&req.target_path, RPC, "target_path")?;
-        let _serial = self.plugin.mounts.lock().await;
+        let _serial = self.plugin.mounts.lock(Path::new(&req.target_path)).await;
         // Not there: unpublished already (a retry, or never published).
         let Some(target) = self
             .plugin
