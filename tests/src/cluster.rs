@@ -84,7 +84,7 @@ pub struct Cluster {
     pub bao: Bao,
     pub dir: tempfile::TempDir,
     pub daemon: Daemon,
-    pub kubelet: KubeletStandin,
+    kubelet: KubeletStandin,
     _tpm: Option<Swtpm>,
     /// The TPM connection every client uses (empty for a software key).
     pub tcti: String,
@@ -256,7 +256,7 @@ ca_path = "{ca}"
 
     /// The kubelet stand-in, to change the pods it lists.
     pub fn kubelet(&self) -> &KubeletStandin {
-        &self._kubelet
+        &self.kubelet
     }
 
     pub fn path(&self) -> &Path {

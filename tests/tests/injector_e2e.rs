@@ -145,7 +145,7 @@ fn the_injected_init_container_writes_the_secrets_where_the_app_reads_them() {
     let plain = Listed::new(&pod, "myubuntu-698b749889-plain");
     let injected = Listed::new(&patched, "myubuntu-698b749889-x7k2p");
     let changed = Listed::new(&tampered, "myubuntu-698b749889-other");
-    c.kubelet.set_pods(pod_list(&[
+    c.kubelet().set_pods(pod_list(&[
         plain.json.clone(),
         injected.json.clone(),
         changed.json.clone(),
