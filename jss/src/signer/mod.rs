@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use jwk::{Jwk, NodePublicKey, thumbprint};
 pub use pcr::{PCR_BANK, PcrSelection};
-pub use queue::{Priority, QueueError, QueueStats, SignQueue};
+pub use queue::{Priority, QueueError, QueueStats, SignQueue, URGENT};
 pub use software::SoftwareSigner;
 pub use tpm::{TpmSigner, describe_blob, tpm_reachable};
 

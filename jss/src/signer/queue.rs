@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -34,7 +34,7 @@ pub enum Priority {
 }
 
 /// How close to its deadline a refresh goes ahead of callers.
-pub const URGENT: std::time::Duration = std::time::Duration::from_secs(1);
+pub const URGENT: Duration = Duration::from_secs(1);
 
 /// Why a signature was not made.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,15 @@ impl QueueStats {
         let old = self.ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 { us } else { (old * 7 + us) / 8 };
         self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// `n` signatures at the measured rate.
+    fn wait_for(&self, n: usize) -> Duration {
+        Duration::from_micros(
+            self.ewma_us
+                .load(Ordering::Relaxed)
+                .saturating_mul(n as u64),
+        )
     }
 
     /// Seconds for `n` signatures at the measured rate, at least 1.
@@ -175,6 +184,13 @@ impl SignQueue {
     pub fn waiting(&self) -> (usize, usize) {
         let q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         (q.callers.len(), q.refresh.len())
+    }
+
+    /// What the signatures waiting now take at the measured signing time
+    /// (zero before the first signature).
+    pub fn queued_wait(&self) -> Duration {
+        let (callers, refresh) = self.waiting();
+        self.shared.stats.wait_for(callers + refresh)
     }
 
     /// Room for more refreshes in the queue.
