@@ -281,7 +281,15 @@ impl Cluster {
                 h.join()
                     .map_err(|_| anyhow::anyhow!("login worker panicked"))?
             })
-        })
+        })?;
+        // The kept-alive connection sat idle for the whole fill, longer
+        // than OpenBao keeps an idle connection open: a new one.
+        let stream = TcpStream::connect(self.host()).context("connect to OpenBao")?;
+        *self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("login connection poisoned"))? = Conn::new(stream);
+        Ok(())
     }
 
     /// The role as `cluster init` wrote it, less the `jti` mapping.
