@@ -327,12 +327,14 @@ mod tests {
     use std::time::Duration;
 
     /// The software key as a slow "TPM" that reports what it signs, in
-    /// order; its first signature waits for the gate.
+    /// order; its first signature says it has started, then waits for the
+    /// gate.
     #[derive(Debug)]
     struct Slow(
         Arc<dyn Signer>,
         Mutex<mpsc::Sender<String>>,
         Mutex<Option<mpsc::Receiver<()>>>,
+        Arc<std::sync::atomic::AtomicBool>,
     );
 
     impl Signer for Slow {
@@ -344,6 +346,7 @@ mod tests {
         }
         fn sign(&self, input: &[u8]) -> Result<[u8; 64], SignerError> {
             if let Some(gate) = self.2.lock().unwrap().take() {
+                self.3.store(true, std::sync::atomic::Ordering::SeqCst);
                 gate.recv().unwrap();
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -356,12 +359,17 @@ mod tests {
         }
     }
 
-    fn slow() -> (
-        Arc<dyn Signer>,
-        mpsc::Receiver<String>,
-        mpsc::Sender<()>,
-        tempfile::TempDir,
-    ) {
+    /// The slow signer, what it signed in order, its gate, whether its
+    /// first signature has started, and the key's directory.
+    struct Rig {
+        signer: Arc<dyn Signer>,
+        order: mpsc::Receiver<String>,
+        open_gate: mpsc::Sender<()>,
+        started: Arc<std::sync::atomic::AtomicBool>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn slow() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SignerConfig {
             kind: SignerKind::Software,
@@ -372,13 +380,31 @@ mod tests {
         let key = open(&cfg, KeyPolicy::CreateIfMissing).unwrap().0;
         let (tx, rx) = mpsc::channel();
         let (open_gate, gate) = mpsc::channel();
-        let s = Slow(key, Mutex::new(tx), Mutex::new(Some(gate)));
-        (Arc::new(s), rx, open_gate, dir)
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = Slow(
+            key,
+            Mutex::new(tx),
+            Mutex::new(Some(gate)),
+            Arc::clone(&started),
+        );
+        Rig {
+            signer: Arc::new(s),
+            order: rx,
+            open_gate,
+            started,
+            _dir: dir,
+        }
     }
 
     #[test]
     fn callers_go_before_refreshes_and_a_full_queue_says_how_long() {
-        let (signer, order, open_gate, _dir) = slow();
+        let Rig {
+            signer,
+            order,
+            open_gate,
+            started,
+            _dir,
+        } = slow();
         let q = Arc::new(SignQueue::new(signer, 3, 10));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -405,6 +431,11 @@ mod tests {
                         .await
                 }));
                 until((0, i)).await;
+                // Refresh 0 must be at the gate before the others queue, or
+                // a later one could reach the signer first.
+                while !started.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
             for i in 0..3 {
                 let q = Arc::clone(&q);
