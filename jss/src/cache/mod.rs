@@ -9,7 +9,9 @@
 //! Entries also remember when they were last asked for and the workload they
 //! describe, so tokens of workloads that keep asking can be re-signed ahead
 //! of need (see `server::refresh`); an entry nobody asked for in a while is
-//! left to expire.
+//! left to expire. A re-signed token whose `iat` is still ahead waits beside
+//! the current one and takes over in the second of its `iat`: no token is
+//! handed out before the time it says it was issued.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +62,13 @@ impl CachedToken {
         let lifetime = self.exp.saturating_sub(self.iat);
         self.exp.saturating_sub(now) * 2 >= lifetime && now < self.exp
     }
+
+    /// The first Unix second in which the token is no longer handed out
+    /// (the second after its half-life).
+    pub fn stale_at(&self) -> u64 {
+        let lifetime = self.exp.saturating_sub(self.iat);
+        self.exp.saturating_sub(lifetime.div_ceil(2)) + 1
+    }
 }
 
 #[derive(Debug)]
@@ -70,15 +79,29 @@ struct Entry {
     /// Unix seconds of the last request for this key.
     asked: u64,
     refreshing: bool,
+    /// A re-signed token whose `iat` has not come yet.
+    next: Option<CachedToken>,
 }
 
-/// A token due to be re-signed: its key, workload and the old token's times.
+impl Entry {
+    /// Puts the re-signed token in use once its `iat` has come.
+    fn promote(&mut self, now: u64) {
+        if let Some(next) = self.next.take_if(|n| n.iat <= now) {
+            self.token = next;
+        }
+    }
+}
+
+/// A token due to be re-signed: its key and workload, when the old token
+/// stops being handed out, and the `iat` the new one gets.
 #[derive(Debug, Clone)]
 pub struct Due {
     pub key: CacheKey,
     pub workload: Arc<Workload>,
+    /// Unix seconds: [`CachedToken::stale_at`] of the old token.
+    pub stale_at: u64,
+    /// Unix seconds: `iat` of the new token (at most `stale_at`).
     pub iat: u64,
-    pub exp: u64,
 }
 
 #[derive(Debug)]
@@ -109,6 +132,7 @@ impl TokenCache {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let e = map.get_mut(key)?;
         e.asked = now;
+        e.promote(now);
         e.token.fresh(now).then(|| e.token.clone())
     }
 
@@ -126,7 +150,7 @@ impl TokenCache {
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.max_entries && !map.contains_key(&key) {
-            map.retain(|_, e| e.token.fresh(now));
+            map.retain(|_, e| e.token.fresh(now) || e.next.is_some());
             if map.len() >= self.max_entries {
                 let oldest = map
                     .iter()
@@ -144,48 +168,59 @@ impl TokenCache {
                 source,
                 asked: now,
                 refreshing: false,
+                next: None,
             },
         );
     }
 
-    /// Up to `max` tokens to re-sign now: asked for since `asked_since`,
-    /// past their refresh point (`refresh_at(iat, exp)`), not already being
-    /// refreshed. Each is marked until [`Self::refreshed`] or
+    /// The tokens to re-sign now, as `plan` picks them from the refresh
+    /// set: entries asked for since `asked_since` (Unix seconds) that have
+    /// a workload, are not being refreshed and hold no re-signed token yet.
+    /// `plan` gets their current tokens and returns `(index, new iat)` for
+    /// each to re-sign; those are marked until [`Self::refreshed`] or
     /// [`Self::refresh_failed`].
     pub fn due(
         &self,
-        now: u64,
         asked_since: u64,
-        max: usize,
-        refresh_at: impl Fn(&CachedToken) -> u64,
+        plan: impl FnOnce(&[&CachedToken]) -> Vec<(usize, u64)>,
     ) -> Vec<Due> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let mut due = Vec::new();
-        for (k, e) in map.iter_mut() {
-            if due.len() >= max {
-                break;
-            }
+        let set: Vec<(&CacheKey, &CachedToken)> = map
+            .iter()
+            .filter(|(_, e)| {
+                e.source.is_some() && !e.refreshing && e.next.is_none() && e.asked >= asked_since
+            })
+            .map(|(k, e)| (k, &e.token))
+            .collect();
+        let tokens: Vec<&CachedToken> = set.iter().map(|(_, t)| *t).collect();
+        let picked: Vec<(CacheKey, u64)> = plan(&tokens)
+            .into_iter()
+            .filter_map(|(i, iat)| set.get(i).map(|(k, _)| ((*k).clone(), iat)))
+            .collect();
+        let mut due = Vec::with_capacity(picked.len());
+        for (key, iat) in picked {
+            let Some(e) = map.get_mut(&key) else { continue };
             let Some(w) = &e.source else { continue };
-            if e.refreshing || e.asked < asked_since || now < refresh_at(&e.token) {
-                continue;
-            }
             e.refreshing = true;
             due.push(Due {
-                key: k.clone(),
                 workload: Arc::clone(w),
-                iat: e.token.iat,
-                exp: e.token.exp,
+                stale_at: e.token.stale_at(),
+                iat,
+                key,
             });
         }
         due
     }
 
-    /// Replaces a refreshed entry's token, keeping when it was last asked for.
-    pub fn refreshed(&self, key: &CacheKey, token: CachedToken) {
+    /// Stores a re-signed token: in use at once if its `iat` has come by
+    /// `now`, else beside the current one until then. Keeps when the entry
+    /// was last asked for.
+    pub fn refreshed(&self, key: &CacheKey, token: CachedToken, now: u64) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get_mut(key) {
-            e.token = token;
             e.refreshing = false;
+            e.next = Some(token);
+            e.promote(now);
         }
     }
 
@@ -199,7 +234,10 @@ impl TokenCache {
     /// Drops entries whose token has expired (none of them can be handed out).
     pub fn expire(&self, now: u64) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, e| now < e.token.exp);
+        map.retain(|_, e| {
+            e.promote(now);
+            now < e.token.exp
+        });
     }
 
     /// Drops every entry (the chain changed: new tokens carry the new x5c).
@@ -269,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn only_entries_asked_for_recently_are_due_and_at_most_max() {
+    fn the_refresh_set_is_what_was_asked_for_recently_and_not_in_hand() {
         let c = TokenCache::new(100);
         for k in ["a", "b", "c", "d"] {
             c.insert(key(k), tok(k, 100), workload(), 100);
@@ -277,22 +315,54 @@ mod tests {
         c.insert(key("nosrc"), tok("n", 100), None, 100);
         // "b" asked for again later; the others not since 100.
         assert!(c.get(&key("b"), 150).is_none(), "past half-life");
-        let at = |t: &CachedToken| t.iat + 20;
-        assert!(c.due(119, 0, 10, at).is_empty(), "before the refresh point");
-        let due = c.due(120, 140, 10, at);
-        assert_eq!(
-            due.iter()
-                .map(|d| d.key.container_id.as_str())
-                .collect::<Vec<_>>(),
-            ["b"]
-        );
-        // Marked while refreshing; every recently asked entry, at most `max`.
-        assert!(c.due(121, 140, 10, at).is_empty());
-        assert_eq!(c.due(121, 0, 2, at).len(), 2);
-        c.refreshed(&key("b"), tok("b2", 150));
-        assert_eq!(c.get(&key("b"), 150).unwrap().token, "b2");
+        let offered = |c: &TokenCache, since: u64| {
+            let mut seen = Vec::new();
+            c.due(since, |set| {
+                seen = set.iter().map(|t| t.jti.clone()).collect();
+                Vec::new()
+            });
+            seen.sort();
+            seen
+        };
+        assert_eq!(offered(&c, 140), ["b"]);
+        assert_eq!(offered(&c, 0), ["a", "b", "c", "d"]);
+        // What the plan picks is marked while it is re-signed.
+        let due = c.due(140, |_| vec![(0, 131)]);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].stale_at, due[0].iat), (131, 131));
+        assert!(offered(&c, 140).is_empty());
+        c.refresh_failed(&key("b"));
+        assert_eq!(offered(&c, 140), ["b"]);
         c.expire(1000);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_re_signed_token_takes_over_in_the_second_of_its_iat() {
+        let c = TokenCache::new(10);
+        c.insert(key("a"), tok("t1", 100), workload(), 100);
+        assert_eq!(tok("t1", 100).stale_at(), 131);
+        c.due(0, |_| vec![(0, 131)]);
+        // Signed at 129 for 131: the old token is handed out until then.
+        c.refreshed(&key("a"), tok("t2", 131), 129);
+        assert_eq!(c.get(&key("a"), 130).unwrap().token, "t1");
+        assert_eq!(c.get(&key("a"), 131).unwrap().token, "t2");
+        // Nothing more to plan until t2 nears its half-life.
+        let mut offered = 0;
+        c.due(0, |set| {
+            offered = set.len();
+            Vec::new()
+        });
+        assert_eq!(offered, 1, "t2 is in use, so the entry is back in the set");
+        // A late refresh is in use at once.
+        c.due(0, |_| vec![(0, 162)]);
+        c.refreshed(&key("a"), tok("t3", 162), 170);
+        assert_eq!(c.get(&key("a"), 170).unwrap().token, "t3");
+        // Expiry promotes first: an entry whose next token has come stays.
+        c.due(0, |_| vec![(0, 193)]);
+        c.refreshed(&key("a"), tok("t4", 193), 190);
+        c.expire(222);
+        assert_eq!(c.get(&key("a"), 222).unwrap().token, "t4");
     }
 
     #[test]

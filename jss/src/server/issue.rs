@@ -43,9 +43,14 @@ pub(super) struct Unsigned {
 }
 
 pub(super) fn now_unix() -> u64 {
+    now_unix_ms() / 1000
+}
+
+/// Unix time in milliseconds.
+pub(super) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
 

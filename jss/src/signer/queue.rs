@@ -193,6 +193,11 @@ impl SignQueue {
         self.shared.stats.wait_for(callers + refresh)
     }
 
+    /// One signature at the measured signing time (zero before the first).
+    pub fn sign_estimate(&self) -> Duration {
+        self.shared.stats.wait_for(1)
+    }
+
     /// Room for more refreshes in the queue.
     pub fn refresh_room(&self) -> usize {
         self.max_refresh.saturating_sub(self.waiting().1)
