@@ -195,8 +195,12 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
         inspect.contains(&format!("\"remove_after\": {due}")),
         "{inspect}"
     );
-    let status = ok(Command::new(bin("jss-bootstrap"))
-        .args([
+    let removal = x509_cert::der::DateTime::from_unix_duration(Duration::from_secs(due)).unwrap();
+    // `node status --cluster`: the local rotation, and the registry record
+    // with the old key retiring until its removal time.
+    let status = jss_tests::cluster::bootstrap(
+        &c.bao,
+        &[
             "node",
             "status",
             "--state-dir",
@@ -205,10 +209,10 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
             signer,
             "--tcti",
             &c.tcti,
-        ])
-        .env("TSS2_LOG", "all+none")
-        .output()
-        .unwrap());
+            "--cluster",
+            CLUSTER,
+        ],
+    );
     assert!(
         status.contains(&format!("rotation:     from kid {old_kid} to {new_kid}")),
         "{status}"
@@ -217,10 +221,14 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
         status.contains(&format!("kid:          {new_kid}")),
         "{status}"
     );
-    // `cluster status` shows the old key retiring, with its removal time.
+    assert!(
+        status.contains(&format!("retiring:     kid {old_kid} since "))
+            && status.contains(&format!("(removable after {removal})")),
+        "{status}"
+    );
+    // `cluster status` shows the same per node and counts it.
     let listed = cluster_status(&c);
     assert!(listed.contains("retiring:  1 "), "{listed}");
-    let removal = x509_cert::der::DateTime::from_unix_duration(Duration::from_secs(due)).unwrap();
     assert!(
         listed.contains(&format!("node-1  retiring kid={old_kid}  since="))
             && listed.contains(&format!("(removable after {removal})")),
