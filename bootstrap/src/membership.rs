@@ -11,7 +11,7 @@ use jss::signer::{self, KeyPolicy, NodePublicKey, SignerConfig};
 use p256::pkcs8::DecodePublicKey as _;
 
 use crate::jwks;
-use crate::node::{NodeError, open_key, report_change, say, unix_to_string};
+use crate::node::{NodeError, open_key, removal_to_string, report_change, say, unix_to_string};
 use crate::register::{self, Target};
 use crate::registry::{NodeRecord, RegistryError};
 use crate::vault::Vault;
@@ -129,15 +129,12 @@ pub async fn status(
         }
     }
     if let Some(r) = jss::state::rotation::read(&key_cfg.state_dir)? {
-        let removal = match r.remove_after {
-            Some(t) => format!("removable after {}", unix_to_string(t)),
-            None => "daemon switch not confirmed yet".into(),
-        };
         say!(
             out,
-            "rotation:     from kid {} to {} ({removal}): `jss-bootstrap node register` completes it",
+            "rotation:     from kid {} to {} ({}): `jss-bootstrap node register` completes it",
             r.old_kid,
-            r.new_kid.as_deref().unwrap_or("(not created yet)")
+            r.new_kid.as_deref().unwrap_or("(not created yet)"),
+            removal_to_string(r.remove_after)
         );
     }
     match Chain::load(&crate::node::key_dir(key_cfg)?, s.public_key()) {
@@ -193,6 +190,15 @@ pub async fn status(
                     .map(|d| format!(" (policy digest {d})"))
                     .unwrap_or_default()
             );
+            for k in &r.retiring {
+                say!(
+                    out,
+                    "retiring:     kid {} since {} ({})",
+                    k.kid,
+                    unix_to_string(k.since),
+                    removal_to_string(k.remove_after)
+                );
+            }
         }
         None => {
             say!(

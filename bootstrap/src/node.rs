@@ -426,3 +426,13 @@ pub fn unix_to_string(secs: u64) -> String {
         .map(|d| d.to_string())
         .unwrap_or_else(|_| format!("@{secs}"))
 }
+
+/// When a rotation's old key may go, as `node status` and `cluster status`
+/// say it: `removable after <time>`, or that no time is set yet because
+/// the daemon's switch to the new key is not confirmed.
+pub fn removal_to_string(remove_after: Option<u64>) -> String {
+    match remove_after {
+        Some(t) => format!("removable after {}", unix_to_string(t)),
+        None => "daemon switch not confirmed yet".into(),
+    }
+}

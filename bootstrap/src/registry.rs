@@ -73,6 +73,11 @@ pub struct RetiringKey {
     pub jwk: Jwk,
     /// Unix seconds: when the node registered its next key.
     pub since: u64,
+    /// Unix seconds: when the rotation may remove it (its last tokens have
+    /// expired); absent until the daemon's switch to the next key is
+    /// confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_after: Option<u64>,
 }
 
 impl RetiringKey {
@@ -146,6 +151,7 @@ impl NodeRecord {
             kid: self.kid.clone(),
             jwk: self.jwk.clone(),
             since,
+            remove_after: None,
         }
     }
 }
@@ -262,13 +268,50 @@ impl Registry {
         node: &str,
         kid: &str,
     ) -> Result<bool, RegistryError> {
+        self.edit_retiring(v, node, |keys| {
+            let before = keys.len();
+            keys.retain(|r| r.kid != kid);
+            keys.len() != before
+        })
+        .await
+    }
+
+    /// Records when `node`'s retiring key `kid` may be removed (unix
+    /// seconds; check-and-set), so `cluster status` can show it; false if
+    /// the key is not retiring or already has that time.
+    pub async fn schedule_removal(
+        &self,
+        v: &Vault,
+        node: &str,
+        kid: &str,
+        remove_after: u64,
+    ) -> Result<bool, RegistryError> {
+        self.edit_retiring(v, node, |keys| {
+            match keys.iter_mut().find(|r| r.kid == kid) {
+                Some(r) if r.remove_after != Some(remove_after) => {
+                    r.remove_after = Some(remove_after);
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await
+    }
+
+    /// Applies `change` to `node`'s retiring keys and writes the record
+    /// with check-and-set when it says it changed them; false when it did
+    /// not (or there is no record).
+    async fn edit_retiring(
+        &self,
+        v: &Vault,
+        node: &str,
+        change: impl Fn(&mut Vec<RetiringKey>) -> bool,
+    ) -> Result<bool, RegistryError> {
         for _ in 0..ATTEMPTS {
             let Some((ver, mut rec)) = self.get(v, node).await? else {
                 return Ok(false);
             };
-            let before = rec.retiring.len();
-            rec.retiring.retain(|r| r.kid != kid);
-            if rec.retiring.len() == before {
+            if !change(&mut rec.retiring) {
                 return Ok(false);
             }
             if self.write_at(v, &rec, ver).await? {
@@ -460,6 +503,15 @@ mod tests {
         assert_eq!(after.public_keys().len(), 2);
         let v = serde_json::to_value(&after).unwrap();
         assert_eq!(v["retiring"][0]["kid"], old.kid);
+        assert!(
+            v["retiring"][0].get("remove_after").is_none(),
+            "no removal time before the switch is confirmed"
+        );
+        after.retiring[0].remove_after = Some(7);
+        let v = serde_json::to_value(&after).unwrap();
+        assert_eq!(v["retiring"][0]["remove_after"], 7);
+        let back: NodeRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.retiring[0].remove_after, Some(7));
         let plain = serde_json::to_value(&before).unwrap();
         assert!(
             plain.get("retiring").is_none(),

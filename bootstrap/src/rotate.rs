@@ -146,6 +146,12 @@ pub async fn finish(
             };
             let leeway = leeway(v, &spec.target.mount).await?;
             let t = now + r.token_ttl + leeway + 1;
+            // The registry first: a run killed between the two writes
+            // computes and records a time again.
+            spec.target
+                .registry
+                .schedule_removal(v, &id.node, &rot.old_kid, t)
+                .await?;
             rot.switched_at = Some(now);
             rot.remove_after = Some(t);
             rotation::write(state, &rot)?;

@@ -1,10 +1,11 @@
 //! `cluster status`: the mount's key source and the registry, one line per
-//! node, with certificates that expire soon flagged.
+//! node, with certificates that expire soon flagged, and a line per key a
+//! rotation keeps registered until its removal.
 
 use std::io::Write;
 use std::time::Duration;
 
-use crate::node::unix_to_string;
+use crate::node::{removal_to_string, unix_to_string};
 use crate::register::{self, RegisterError, Target};
 use crate::registry::now_unix;
 use crate::vault::VaultError;
@@ -41,11 +42,19 @@ pub async fn status(
         .values()
         .filter(|r| r.not_after != 0 && r.not_after <= soon)
         .count();
+    let retiring: Vec<_> = records.values().flat_map(|r| &r.retiring).collect();
+    let due = |t: Option<u64>| t.is_some_and(|t| t <= now);
+    let overdue = retiring.iter().filter(|k| due(k.remove_after)).count();
     let _ = writeln!(out, "nodes:     {}", records.len());
     let _ = writeln!(
         out,
         "expiring:  {expiring} (certificates ending within {}h)",
         within.as_secs() / 3600
+    );
+    let _ = writeln!(
+        out,
+        "retiring:  {} (old keys of rotated nodes, registered until their tokens expire; {overdue} past their removal time: `node register` on their node removes them)",
+        retiring.len()
     );
     for r in records.values() {
         let flag = if r.not_after != 0 && r.not_after <= now {
@@ -83,6 +92,21 @@ pub async fn status(
             },
             unix_to_string(r.renewed)
         );
+        for k in &r.retiring {
+            let _ = writeln!(
+                out,
+                "{}  retiring kid={}  since={}  ({}){}",
+                r.node,
+                k.kid,
+                unix_to_string(k.since),
+                removal_to_string(k.remove_after),
+                if due(k.remove_after) {
+                    " REMOVAL-DUE"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod csi;
 pub mod daemon;
 pub mod discovery;
+pub mod freeze_proxy;
 pub mod injector;
 pub mod kube;
 pub mod kubelet;

@@ -9,12 +9,9 @@
 
 mod bootstrap_common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bootstrap_common::*;
@@ -22,6 +19,7 @@ use jss::chain::{CHAIN_FILE, Chain};
 use jss::signer::{self, KeyPolicy, SOFTWARE_KEY_FILE, SignerConfig, SignerKind};
 use jss_tests::bao::Bao;
 use jss_tests::daemon::bin;
+use jss_tests::freeze_proxy::{FreezeProxy, Frozen, kill_running};
 
 /// A tmpfs mounted at a directory for the life of the guard (unmounted on
 /// drop, also when the test panics).
@@ -58,25 +56,6 @@ impl Drop for Tmpfs {
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -{sig} {pid} failed");
-}
-
-/// OpenBao stopped with SIGSTOP; SIGCONT on drop (also on panic).
-struct Frozen(u32);
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
     }
 }
 
@@ -163,21 +142,6 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .stderr(f)
         .spawn()
         .unwrap()
-}
-
-/// SIGKILLs `child` (which must still be running; its output is in `log`)
-/// and reaps it.
-fn kill_running(child: &mut Child, log: &Path, ctx: &str) {
-    if let Some(st) = child.try_wait().unwrap() {
-        panic!(
-            "{ctx}: the run ended ({st}) before it was killed:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-    child.kill().unwrap();
-    let st = child.wait().unwrap();
-    use std::os::unix::process::ExitStatusExt as _;
-    assert_eq!(st.signal(), Some(9), "{ctx}: {st:?}");
 }
 
 /// Runs `node register` in-process; returns how long it took.
@@ -297,79 +261,6 @@ fn full_state_dir_fails_clearly_leaves_no_partial_files_and_a_rerun_completes() 
     );
 }
 
-/// A TCP proxy in front of OpenBao that counts HTTP requests and freezes
-/// OpenBao (SIGSTOP) just before it forwards request number `freeze_at`, so
-/// a client is stopped deterministically at that Vault call.
-struct FreezeProxy {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-    frozen: Arc<AtomicBool>,
-}
-
-impl FreezeProxy {
-    fn start(upstream: u16, bao_pid: u32, freeze_at: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let frozen = Arc::new(AtomicBool::new(false));
-        let (rq, fz) = (requests.clone(), frozen.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { return };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    return;
-                };
-                let (mut s_r, mut c_w) = (server.try_clone().unwrap(), client.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s_r, &mut c_w);
-                    let _ = c_w.shutdown(Shutdown::Both);
-                });
-                let (rq, fz) = (rq.clone(), fz.clone());
-                std::thread::spawn(move || {
-                    let (mut client, mut server) = (client, server);
-                    let mut buf = vec![0u8; 1 << 16];
-                    loop {
-                        let n = match client.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        // HTTP/1.1 without pipelining: a request's head
-                        // starts a read; bodies are JSON.
-                        let chunk = &buf[..n];
-                        let is_request = [
-                            &b"GET /"[..],
-                            b"POST /",
-                            b"PUT /",
-                            b"DELETE /",
-                            b"LIST /",
-                            b"PATCH /",
-                        ]
-                        .iter()
-                        .any(|m| chunk.starts_with(m));
-                        if is_request && rq.fetch_add(1, Ordering::SeqCst) + 1 == freeze_at {
-                            signal(bao_pid, "STOP");
-                            fz.store(true, Ordering::SeqCst);
-                        }
-                        if server.write_all(chunk).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = server.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        Self {
-            port,
-            requests,
-            frozen,
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
 /// The registration lock's holder (empty when released).
 fn lock_holder(bao: &Bao) -> String {
     let out = bao.ok(&["kv", "get", "-format=json", "secret/jss/locks/jss-c1"]);
@@ -378,10 +269,6 @@ fn lock_holder(bao: &Bao) -> String {
         .as_str()
         .unwrap_or("")
         .to_string()
-}
-
-fn port_of(bao: &Bao) -> u16 {
-    bao.addr().rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// `register_args` with the Vault address replaced.
@@ -401,14 +288,14 @@ fn sigkill_at_every_vault_call_then_a_rerun_completes() {
     let mut registered: Vec<PathBuf> = Vec::new();
 
     // A clean run through the proxy: how many Vault calls a registration makes.
-    let counter = FreezeProxy::start(port_of(&bao), bao.pid(), 0);
+    let counter = FreezeProxy::counting(&bao);
     let state0 = dirs.path().join("n0");
     let mut c = spawn(
         &via(&bao, "n0", &state0, &counter.addr()),
         &logs.path().join("n0.log"),
     );
     assert!(c.wait().unwrap().success());
-    let calls = counter.requests.load(Ordering::SeqCst);
+    let calls = counter.requests();
     assert!(calls >= 8, "only {calls} Vault calls?");
     registered.push(state0.clone());
     assert_consistent(&bao, &state0, &registered, "clean run");
@@ -428,11 +315,11 @@ fn sigkill_at_every_vault_call_then_a_rerun_completes() {
                 a => format!("n{k}-{a}"),
             };
             let state = dirs.path().join(&node);
-            let proxy = FreezeProxy::start(port_of(&bao), bao.pid(), k);
+            let proxy = FreezeProxy::freezing(&bao, k);
             let log = logs.path().join(format!("{node}.log"));
             let mut child = spawn(&via(&bao, &node, &state, &proxy.addr()), &log);
             let deadline = Instant::now() + Duration::from_secs(20);
-            while !proxy.frozen.load(Ordering::SeqCst) {
+            while !proxy.frozen() {
                 assert!(
                     Instant::now() < deadline,
                     "{ctx}: call {k} never came: {}",

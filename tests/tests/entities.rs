@@ -11,10 +11,6 @@
 
 mod bootstrap_common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bootstrap_common::*;
@@ -22,6 +18,7 @@ use jss::signer::SignerKind;
 use jss_tests::bao::Bao;
 use jss_tests::cluster::layout;
 use jss_tests::daemon::Daemon;
+use jss_tests::freeze_proxy::{Act, FreezeProxy};
 use jss_tests::kubelet::{Ctr, PodBuilder, pod_list};
 use jss_tests::node::{Node, run_in};
 use jss_tests::pods::{PodProcess, random_container_id, random_pod_uid};
@@ -196,70 +193,6 @@ fn secret_path(image: &str) -> String {
     format!("secret/ti-demo-all/{REGION}/{CLUSTER}/{NS}/{images}/db")
 }
 
-/// A TCP proxy in front of OpenBao that forwards the first `cut_at - 1`
-/// HTTP requests and then drops every connection: Vault goes away for the
-/// client at request number `cut_at`, while its state stays for a re-run.
-struct CutProxy {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-}
-
-impl CutProxy {
-    fn start(upstream: &str, cut_at: usize) -> Self {
-        let upstream = upstream.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let rq = requests.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut client) = conn else { return };
-                if rq.load(Ordering::SeqCst) + 1 >= cut_at {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    return;
-                };
-                let (mut s_r, mut c_w) = (server.try_clone().unwrap(), client.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s_r, &mut c_w);
-                    let _ = c_w.shutdown(Shutdown::Both);
-                });
-                let rq = rq.clone();
-                std::thread::spawn(move || {
-                    let mut server = server;
-                    let mut buf = vec![0u8; 1 << 16];
-                    loop {
-                        let n = match client.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let chunk = &buf[..n];
-                        // HTTP/1.1 without pipelining: a request's head starts a read.
-                        let is_request = [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /"]
-                            .iter()
-                            .any(|m| chunk.starts_with(m));
-                        if is_request && rq.fetch_add(1, Ordering::SeqCst) + 1 >= cut_at {
-                            let _ = client.shutdown(Shutdown::Both);
-                            break;
-                        }
-                        if server.write_all(chunk).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = server.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        Self { port, requests }
-    }
-
-    fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
 fn deleted_count(err: &str) -> usize {
     let after = err
         .split("stopped after deleting ")
@@ -351,7 +284,8 @@ fn rollouts_make_entities_and_prune_removes_only_the_idle_ones() {
 
     // Vault goes away mid-prune: a clear error; every entity is either
     // whole or gone (no alias without its entity), and a re-run finishes.
-    let proxy = CutProxy::start(&addr, 16);
+    // The proxy forwards 15 requests, then drops every connection.
+    let proxy = FreezeProxy::with(&c.bao, |n| if n >= 16 { Act::Cut } else { Act::Forward });
     let e = c
         .prune(
             &proxy.addr(),
@@ -359,7 +293,7 @@ fn rollouts_make_entities_and_prune_removes_only_the_idle_ones() {
             &["--rate", "200", "--vault-attempts", "2"],
         )
         .unwrap_err();
-    assert!(proxy.requests.load(Ordering::SeqCst) >= 16);
+    assert!(proxy.requests() >= 16);
     assert!(e.contains("cannot reach Vault"), "{e}");
     assert!(e.contains("run the same command again"), "{e}");
     let deleted = deleted_count(&e);

@@ -8,7 +8,7 @@ mod bootstrap_common;
 mod jwks_common;
 
 use std::io::{Read as _, Write as _};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use jss::token::TokenEncoder;
 use jss_tests::bao::Bao;
 use jss_tests::daemon::bin;
 use jss_tests::discovery::Discovery;
+use jss_tests::freeze_proxy::{Act, FreezeProxy, signal};
 use jwks_common::*;
 
 /// POST auth/<mount>/login over plain HTTP; the status code.
@@ -154,72 +155,23 @@ fn a_flood_of_random_kids_leaves_valid_logins_working_and_the_server_in_its_caps
     );
 }
 
-/// A TCP proxy in front of OpenBao that SIGKILLs its client process at
-/// request number `kill_at` and then forwards that request anyway (so
-/// OpenBao may still act on the dead run's last call).
-struct KillProxy {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-    victim: Arc<AtomicU32>,
-}
-
-impl KillProxy {
-    fn start(upstream: u16, kill_at: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let victim = Arc::new(AtomicU32::new(0));
-        let (rq, vi) = (requests.clone(), victim.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { return };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    return;
-                };
-                let (mut s_r, mut c_w) = (server.try_clone().unwrap(), client.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s_r, &mut c_w);
-                    let _ = c_w.shutdown(Shutdown::Both);
-                });
-                let (rq, vi) = (rq.clone(), vi.clone());
-                std::thread::spawn(move || {
-                    let (mut client, mut server) = (client, server);
-                    let mut buf = vec![0u8; 1 << 16];
-                    loop {
-                        let n = match client.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let chunk = &buf[..n];
-                        let is_request =
-                            [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /", b"LIST /"]
-                                .iter()
-                                .any(|m| chunk.starts_with(m));
-                        if is_request && rq.fetch_add(1, Ordering::SeqCst) + 1 == kill_at {
-                            while vi.load(Ordering::SeqCst) == 0 {
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                            let pid = vi.load(Ordering::SeqCst).to_string();
-                            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                        }
-                        if server.write_all(chunk).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = server.shutdown(Shutdown::Write);
-                });
+/// A proxy in front of OpenBao that SIGKILLs its client process (its pid
+/// stored in `victim` once spawned) at request number `kill_at` and then
+/// forwards that request anyway (so OpenBao may still act on the dead run's
+/// last call).
+fn kill_proxy(bao: &Bao, kill_at: usize) -> (FreezeProxy, Arc<AtomicU32>) {
+    let victim = Arc::new(AtomicU32::new(0));
+    let vi = victim.clone();
+    let proxy = FreezeProxy::with(bao, move |n| {
+        if n == kill_at {
+            while vi.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
             }
-        });
-        Self {
-            port,
-            requests,
-            victim,
+            signal(vi.load(Ordering::SeqCst), "KILL");
         }
-    }
-
-    fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
+        Act::Forward
+    });
+    (proxy, victim)
 }
 
 fn spawn_register(bao: &Bao, c: &str, node: &str, state: &Path, addr: &str) -> Child {
@@ -294,12 +246,11 @@ fn twenty_concurrent_registrations_killed_at_each_vault_call_then_rerun() {
     init_jwks(&bao, c, &d);
 
     // A clean JWKS-mode registration through the proxy: its Vault calls.
-    let counter = KillProxy::start(port_of(&bao), 0);
+    let counter = FreezeProxy::counting(&bao);
     let probe = tempfile::tempdir().unwrap();
     let mut p = spawn_register(&bao, c, "probe", probe.path(), &counter.addr());
-    counter.victim.store(p.id(), Ordering::SeqCst);
     assert!(p.wait().unwrap().success());
-    let calls = counter.requests.load(Ordering::SeqCst);
+    let calls = counter.requests();
     assert!(calls >= 4, "only {calls} Vault calls?");
     ok_v(&with(
         &["node", "deregister", "--cluster", c, "--node", "probe"],
@@ -307,15 +258,15 @@ fn twenty_concurrent_registrations_killed_at_each_vault_call_then_rerun() {
     ));
 
     let dirs: Vec<tempfile::TempDir> = (0..20).map(|_| tempfile::tempdir().unwrap()).collect();
-    let proxies: Vec<KillProxy> = (0..20)
-        .map(|i| KillProxy::start(port_of(&bao), i % calls + 1))
-        .collect();
+    let proxies: Vec<(FreezeProxy, Arc<AtomicU32>)> =
+        (0..20).map(|i| kill_proxy(&bao, i % calls + 1)).collect();
     let mut children: Vec<Child> = dirs
         .iter()
         .enumerate()
         .map(|(i, dir)| {
-            let ch = spawn_register(&bao, c, &format!("n{i}"), dir.path(), &proxies[i].addr());
-            proxies[i].victim.store(ch.id(), Ordering::SeqCst);
+            let (proxy, victim) = &proxies[i];
+            let ch = spawn_register(&bao, c, &format!("n{i}"), dir.path(), &proxy.addr());
+            victim.store(ch.id(), Ordering::SeqCst);
             ch
         })
         .collect();

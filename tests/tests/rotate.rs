@@ -3,8 +3,10 @@
 //! OpenBao, swtpm behind the test tooling's TPM proxy (daemon, CLI and
 //! tpm2-tools share it), pods as real processes in kubepods cgroups.
 
+mod rotate_common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,99 +14,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jss::signer::{KeyPolicy, SignerConfig, SignerKind};
-use jss_tests::bao::ROOT_TOKEN;
-use jss_tests::cluster::{CLUSTER, Cluster, MOUNT, NodeKey, PodDef, REGION, unix_now};
+use jss_tests::cluster::{CLUSTER, Cluster, NodeKey, PodDef, REGION, unix_now};
 use jss_tests::daemon::bin;
 use jss_tests::discovery::Discovery;
-
-/// The daemon's token life here (the config's minimum): the old key may go
-/// 10 s + the role's leeways (10 s + 10 s) + 1 s after the switch.
-const TTL: &str = "token_ttl_seconds = 10\n[cache]\nenabled = false\n";
-
-fn start(key: NodeKey) -> (Cluster, PodDef) {
-    let pod = PodDef::tsi_demo();
-    let c = Cluster::start_node(&[], TTL, &[&pod], &key);
-    (c, pod)
-}
-
-fn token(c: &Cluster, pod: &PodDef) -> Result<String, String> {
-    let p = c.pod(pod);
-    let out = c.spawn_jss(&p, &["token"], &[]).wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn kid(token: &str) -> String {
-    let head = token.split('.').next().unwrap();
-    let h: serde_json::Value = serde_json::from_slice(&B64.decode(head).unwrap()).unwrap();
-    h["kid"].as_str().unwrap().to_string()
-}
-
-fn login(c: &Cluster, jwt: &str) -> Output {
-    c.bao.run(
-        ROOT_TOKEN,
-        &[
-            "write",
-            &format!("auth/{MOUNT}/login"),
-            "role=jss",
-            &format!("jwt={jwt}"),
-        ],
-    )
-}
-
-/// `jss-bootstrap node register [--rotate] ARGS` for the cluster's node.
-fn register(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Output {
-    register_cmd(c, signer, rotate, extra).output().unwrap()
-}
-
-fn register_cmd(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Command {
-    let state = c.path().join("state");
-    let sock = c.daemon.socket.display().to_string();
-    let state = state.display().to_string();
-    let mut args = vec![
-        "node",
-        "register",
-        "--state-dir",
-        &state,
-        "--cluster",
-        CLUSTER,
-        "--region",
-        REGION,
-        "--node",
-        "node-1",
-        "--signer",
-        signer,
-        "--tcti",
-        &c.tcti,
-        "--token-ttl",
-        "10",
-        "--socket",
-        &sock,
-    ];
-    if rotate {
-        args.push("--rotate");
-    }
-    args.extend_from_slice(extra);
-    let mut cmd = Command::new(bin("jss-bootstrap"));
-    cmd.args(&args)
-        .env("VAULT_ADDR", c.bao.addr())
-        .env("VAULT_TOKEN", ROOT_TOKEN)
-        .env("TSS2_LOG", "all+none");
-    cmd
-}
-
-fn ok(o: Output) -> String {
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
-    text
-}
+use rotate_common::*;
 
 /// A token like `template`, issued now, signed by the key in `dir`: what
 /// the old key could still sign if it were still in use.
@@ -282,8 +195,12 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
         inspect.contains(&format!("\"remove_after\": {due}")),
         "{inspect}"
     );
-    let status = ok(Command::new(bin("jss-bootstrap"))
-        .args([
+    let removal = x509_cert::der::DateTime::from_unix_duration(Duration::from_secs(due)).unwrap();
+    // `node status --cluster`: the local rotation, and the registry record
+    // with the old key retiring until its removal time.
+    let status = jss_tests::cluster::bootstrap(
+        &c.bao,
+        &[
             "node",
             "status",
             "--state-dir",
@@ -292,10 +209,10 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
             signer,
             "--tcti",
             &c.tcti,
-        ])
-        .env("TSS2_LOG", "all+none")
-        .output()
-        .unwrap());
+            "--cluster",
+            CLUSTER,
+        ],
+    );
     assert!(
         status.contains(&format!("rotation:     from kid {old_kid} to {new_kid}")),
         "{status}"
@@ -304,11 +221,37 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
         status.contains(&format!("kid:          {new_kid}")),
         "{status}"
     );
+    assert!(
+        status.contains(&format!("retiring:     kid {old_kid} since "))
+            && status.contains(&format!("(removable after {removal})")),
+        "{status}"
+    );
+    // `cluster status` shows the same per node and counts it.
+    let listed = cluster_status(&c);
+    assert!(listed.contains("retiring:  1 "), "{listed}");
+    assert!(
+        listed.contains(&format!("node-1  retiring kid={old_kid}  since="))
+            && listed.contains(&format!("(removable after {removal})")),
+        "{listed}"
+    );
+    assert!(!listed.contains("REMOVAL-DUE"), "{listed}");
     while unix_now() <= due {
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Due, and not yet removed: flagged until the node's next run.
+    let listed = cluster_status(&c);
+    assert!(
+        listed.contains("; 1 past their removal time")
+            && listed.contains(&format!("(removable after {removal}) REMOVAL-DUE")),
+        "{listed}"
+    );
     let done = ok(register(&c, signer, false, &[]));
     assert!(done.contains("rotated  to kid"), "{done}");
+    let listed = cluster_status(&c);
+    assert!(
+        listed.contains("retiring:  0 ") && !listed.contains("retiring kid="),
+        "{listed}"
+    );
     assert!(!state.join("rotation.json").exists());
     assert!(!state.join("keys").join(&old_kid).exists());
 
@@ -353,55 +296,6 @@ fn software_key_rotates_while_serving() {
 #[test]
 fn software_key_rotates_in_jwks_mode() {
     rotate_while_serving(NodeKey::software(), SignerKind::Software, true);
-}
-
-/// SIGKILLed at points spread over a rotation, then run to the end: one
-/// current, registered, working key, and no trace of the old one.
-#[test]
-fn a_rotation_killed_again_and_again_is_completed_by_the_next_run() {
-    let (c, pod) = start(NodeKey::software());
-    let old_kid = kid(&token(&c, &pod).unwrap());
-    let state = c.path().join("state");
-    for delay_ms in [5, 20, 40, 80, 120, 200, 300, 500] {
-        let mut child = register_cmd(&c, "software", true, &["--no-wait"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        // Whatever state that left, the daemon still serves a registered key.
-        let t = token(&c, &pod).unwrap();
-        ok(login(&c, &t));
-    }
-    let out = ok(register(&c, "software", true, &["--wait"]));
-    assert!(out.contains("rotated  to kid"), "{out}");
-    let t = token(&c, &pod).unwrap();
-    let new_kid = kid(&t);
-    assert_ne!(new_kid, old_kid);
-    ok(login(&c, &t));
-    let versions: Vec<String> = std::fs::read_dir(state.join("keys"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(versions, vec![new_kid.clone()], "orphan key versions");
-    assert!(!state.join("rotation.json").exists());
-    let cfg = c
-        .bao
-        .ok(&["read", "-format=json", &format!("auth/{MOUNT}/config")]);
-    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
-    let keys = cfg["data"]["jwt_validation_pubkeys"].as_array().unwrap();
-    assert_eq!(keys.len(), 1, "one registered key: {keys:?}");
-    let rec = c.bao.ok(&[
-        "kv",
-        "get",
-        "-format=json",
-        &format!("secret/jss/registry/{MOUNT}/node-1"),
-    ]);
-    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
-    assert_eq!(rec["data"]["data"]["kid"], new_kid.as_str());
-    assert!(rec["data"]["data"].get("retiring").is_none(), "{rec}");
 }
 
 #[test]
