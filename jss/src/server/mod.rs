@@ -20,12 +20,12 @@ mod refusal;
 mod reload;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::attest::{Attestor, Peer};
 use crate::cache::TokenCache;
@@ -88,7 +88,8 @@ pub struct App {
     pub cache: TokenCache,
     pub metrics: Metrics,
     audit: audit::Audit,
-    keys: RwLock<Arc<Keys>>,
+    /// The keys in use; subscribers ([`App::key_changes`]) see each install.
+    keys: watch::Sender<Arc<Keys>>,
     signer_health: readiness::SignerHealth,
     /// One SIGHUP reload at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -134,7 +135,7 @@ impl App {
             }),
             metrics: Metrics::new(pods, crate::attest::guard_supported(), stats),
             audit,
-            keys: RwLock::new(Arc::new(keys)),
+            keys: watch::Sender::new(Arc::new(keys)),
             signer_health: readiness::SignerHealth::default(),
             reloading: tokio::sync::Mutex::new(()),
             cfg,
@@ -142,7 +143,13 @@ impl App {
     }
 
     pub fn keys(&self) -> Arc<Keys> {
-        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.keys.borrow())
+    }
+
+    /// Sees every [`Keys`] put in use from now on: a key switch, or the
+    /// same key with its chain read again.
+    pub fn key_changes(&self) -> watch::Receiver<Arc<Keys>> {
+        self.keys.subscribe()
     }
 
     /// The node key in use now.
@@ -165,7 +172,7 @@ impl App {
     /// Puts `keys` in use for every request that starts from now on;
     /// cached tokens of the previous keys are dropped.
     fn install(&self, keys: Keys) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.keys.send_replace(Arc::new(keys));
         self.cache.clear();
     }
 }

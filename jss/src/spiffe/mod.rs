@@ -10,6 +10,7 @@ mod authority;
 pub mod bundle;
 pub mod config;
 mod incoming;
+pub mod own_keys;
 mod proto_json;
 pub mod service;
 pub mod svid;
@@ -46,19 +47,27 @@ pub fn start(app: &Arc<App>) -> Result<Option<SpiffeServer>, ServerError> {
         return Ok(None);
     };
     let listener = crate::server::bind_path(&spiffe.socket, spiffe.socket_mode)?;
-    let own: jsonwebtoken::jwk::Jwk = serde_json::to_value(app.signer().public_key().jwk())
-        .and_then(serde_json::from_value)
-        .map_err(|e| ServerError::Socket {
-            path: spiffe.socket.clone(),
-            reason: format!("cannot express the node key as a JWK: {e}"),
-        })?;
+    // Subscribed before the key is read: a switch in between comes again
+    // through the stream (a repeat of the same key is no switch).
+    let switches = own_keys::switches(app.key_changes());
+    let own = own_keys::jwk_of(app.signer().public_key()).map_err(|e| ServerError::Socket {
+        path: spiffe.socket.clone(),
+        reason: e.to_string(),
+    })?;
+    let retire_after = Duration::from_secs(app.cfg.token_ttl_seconds) + own_keys::RETIRE_LEEWAY;
+    let own = own_keys::OwnKeys::new(own, retire_after);
     let bundle = bundle::BundleWatch::new(&own);
     if spiffe.bundle == BundleSource::OwnKey {
         tracing::warn!(
             "[spiffe] has no bundle_url or bundle_file: the JWT bundle holds only this node's key, so JWT-SVIDs of other nodes will not validate"
         );
     }
-    tokio::spawn(Arc::clone(&bundle).run(spiffe.bundle.clone(), own, spiffe.bundle_refresh));
+    tokio::spawn(Arc::clone(&bundle).run(
+        spiffe.bundle.clone(),
+        spiffe.bundle_refresh,
+        own,
+        switches,
+    ));
     let incoming = incoming::accept_loop(
         listener,
         app.cfg.proc_root.clone(),
