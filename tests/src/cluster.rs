@@ -296,6 +296,38 @@ ca_path = "{ca}"
         spawn_in(pod, Path::new("/usr/bin/env"), &argv, Stdio::piped())
     }
 
+    /// `jss-bootstrap node register ARGS` for this cluster's node (`node-1`,
+    /// its state dir, TPM and daemon socket) with the root token; `signer`
+    /// as the node was registered, `args` e.g. `--rotate --no-wait`.
+    pub fn register_cmd(&self, signer: &str, args: &[&str]) -> Command {
+        let state = self.path().join("state").display().to_string();
+        let sock = self.daemon.socket.display().to_string();
+        let mut cmd = Command::new(bin("jss-bootstrap"));
+        cmd.args([
+            "node",
+            "register",
+            "--state-dir",
+            &state,
+            "--cluster",
+            CLUSTER,
+            "--region",
+            REGION,
+            "--node",
+            "node-1",
+            "--signer",
+            signer,
+            "--tcti",
+            &self.tcti,
+            "--socket",
+            &sock,
+        ])
+        .args(args)
+        .env("VAULT_ADDR", self.bao.addr())
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .env("TSS2_LOG", "all+none");
+        cmd
+    }
+
     /// `bao kv put PATH KEY=VALUE…` with the root token.
     pub fn put(&self, path: &str, kv: &[&str]) {
         let mut args = vec!["kv", "put", path];

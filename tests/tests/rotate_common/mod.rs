@@ -8,8 +8,7 @@ use std::process::{Command, Output};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jss_tests::bao::ROOT_TOKEN;
-use jss_tests::cluster::{CLUSTER, Cluster, MOUNT, NodeKey, PodDef, REGION};
-use jss_tests::daemon::bin;
+use jss_tests::cluster::{CLUSTER, Cluster, MOUNT, NodeKey, PodDef};
 
 /// The daemon's token life here (the config's minimum): the old key may go
 /// 10 s + the role's leeways (10 s + 10 s) + 1 s after the switch.
@@ -55,27 +54,7 @@ pub fn register(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Outp
 }
 
 pub fn register_cmd(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Command {
-    let state = c.path().join("state");
-    let sock = c.daemon.socket.display().to_string();
-    let state = state.display().to_string();
-    let mut args = vec![
-        "node",
-        "register",
-        "--state-dir",
-        &state,
-        "--cluster",
-        CLUSTER,
-        "--region",
-        REGION,
-        "--node",
-        "node-1",
-        "--signer",
-        signer,
-        "--tcti",
-        &c.tcti,
-        "--socket",
-        &sock,
-    ];
+    let mut args = Vec::new();
     if !extra.contains(&"--token-ttl") {
         args.extend_from_slice(&["--token-ttl", "10"]);
     }
@@ -83,12 +62,7 @@ pub fn register_cmd(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> 
         args.push("--rotate");
     }
     args.extend_from_slice(extra);
-    let mut cmd = Command::new(bin("jss-bootstrap"));
-    cmd.args(&args)
-        .env("VAULT_ADDR", c.bao.addr())
-        .env("VAULT_TOKEN", ROOT_TOKEN)
-        .env("TSS2_LOG", "all+none");
-    cmd
+    c.register_cmd(signer, &args)
 }
 
 pub fn ok(o: Output) -> String {
