@@ -3,7 +3,8 @@
 //! bundle source, so the bundle is this node's own keys): a real OpenBao,
 //! `jss-bootstrap node register --rotate` switching a serving daemon, and
 //! the Rust `spiffe` crate (a client nobody here wrote) in a kubepods cgroup
-//! holding a FetchJWTBundles stream open across the switch.
+//! holding a FetchJWTBundles stream open across the switch; and a daemon
+//! restarted inside the old key's window.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jss_tests::cluster::{Cluster, NodeKey, PodDef, unix_now};
+use jss_tests::daemon::Daemon;
 use jss_tests::node::spawn_in;
 use jss_tests::spiffe::{rs_client, rs_client_argv};
 use serde_json::Value;
@@ -59,8 +61,9 @@ fn kids(v: &Value) -> Vec<String> {
     kids
 }
 
-#[test]
-fn the_bundle_follows_a_key_rotation_and_keeps_the_old_key_while_its_svids_live() {
+/// A registered node (software key) serving `[spiffe]` without a bundle
+/// source, its SPIFFE socket `spiffe.sock` in the returned directory.
+fn start() -> (Cluster, PodDef, tempfile::TempDir) {
     let sock_dir = tempfile::tempdir().unwrap();
     let socket = sock_dir.path().join("spiffe.sock");
     let pod = PodDef::tsi_demo();
@@ -73,6 +76,13 @@ fn the_bundle_follows_a_key_rotation_and_keeps_the_old_key_while_its_svids_live(
         &[&pod],
         &NodeKey::software(),
     );
+    (c, pod, sock_dir)
+}
+
+#[test]
+fn the_bundle_follows_a_key_rotation_and_keeps_the_old_key_while_its_svids_live() {
+    let (c, pod, sock_dir) = start();
+    let socket = sock_dir.path().join("spiffe.sock");
     let log = || format!("daemon:\n{}", c.daemon.stderr());
     let p = c.pod(&pod);
     let client = |args: &[&str]| rs_client(&socket, Some(&p), args, &log);
@@ -177,4 +187,37 @@ fn the_bundle_follows_a_key_rotation_and_keeps_the_old_key_while_its_svids_live(
         &jwks,
     ]);
     assert_eq!(local["code"], "OK", "{local}");
+}
+
+/// A daemon restarted inside the old key's window (the rotation record is
+/// still there) starts with both keys in its bundle.
+#[test]
+fn a_daemon_restarted_after_a_rotation_keeps_the_old_key_in_its_bundle() {
+    let (mut c, pod, sock_dir) = start();
+    let socket = sock_dir.path().join("spiffe.sock");
+    let p = c.pod(&pod);
+    let before = rs_client(&socket, Some(&p), &["fetch", "vault"], &|| String::new());
+    assert_eq!(before["code"], "OK", "{before}");
+    let old_kid = before["kid"].as_str().unwrap().to_string();
+    let old_svid = before["token"].as_str().unwrap().to_string();
+    rotate(&c);
+    assert!(c.daemon.terminate(Duration::from_secs(30)).is_some());
+    let config = std::fs::read_to_string(&c.daemon.config).unwrap();
+    c.daemon = Daemon::start(c.path(), &config);
+    let log = || format!("daemon:\n{}", c.daemon.stderr());
+
+    let after = rs_client(&socket, Some(&p), &["fetch", "vault"], &log);
+    assert_eq!(after["code"], "OK", "{after}");
+    let new_kid = after["kid"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid);
+    let mut both = vec![old_kid, new_kid];
+    both.sort();
+    assert_eq!(kids(&after), both, "{}", log());
+    assert!(
+        unix_now() < exp(&old_svid),
+        "the rotation and restart outlasted the SVID's life; {}",
+        log()
+    );
+    let remote = rs_client(&socket, Some(&p), &["validate", "vault", &old_svid], &log);
+    assert_eq!(remote["code"], "OK", "{remote}\n{}", log());
 }

@@ -42,7 +42,7 @@ pub(super) struct Unsigned {
     pub keys: Arc<Keys>,
 }
 
-pub(super) fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     now_unix_ms() / 1000
 }
 

@@ -37,6 +37,7 @@ use crate::signer::{KeyPolicy, SignQueue, Signer, SignerError};
 use crate::token::{TokenEncoder, TokenError};
 
 pub use audit::AuditRecord;
+pub(crate) use issue::now_unix;
 pub use issue::{Form, Issued};
 pub use listener::bind_path;
 pub use metrics::Metrics;

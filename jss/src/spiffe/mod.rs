@@ -50,16 +50,14 @@ pub fn start(app: &Arc<App>) -> Result<Option<SpiffeServer>, ServerError> {
     // Subscribed before the key is read: a switch in between comes again
     // through the stream (a repeat of the same key is no switch).
     let switches = own_keys::switches(app.key_changes());
-    let own = own_keys::jwk_of(app.signer().public_key()).map_err(|e| ServerError::Socket {
+    let own = own_keys::at_start(app).map_err(|e| ServerError::Socket {
         path: spiffe.socket.clone(),
         reason: e.to_string(),
     })?;
-    let retire_after = Duration::from_secs(app.cfg.token_ttl_seconds) + own_keys::RETIRE_LEEWAY;
-    let own = own_keys::OwnKeys::new(own, retire_after);
     let bundle = bundle::BundleWatch::new(&own);
     if spiffe.bundle == BundleSource::OwnKey {
         tracing::warn!(
-            "[spiffe] has no bundle_url or bundle_file: the JWT bundle holds only this node's key, so JWT-SVIDs of other nodes will not validate"
+            "[spiffe] has no bundle_url or bundle_file: the JWT bundle holds only this node's keys, so JWT-SVIDs of other nodes will not validate"
         );
     }
     tokio::spawn(Arc::clone(&bundle).run(

@@ -5,6 +5,9 @@
 //! A JWT-SVID of the old key was built before the switch (the token cache
 //! is dropped at the switch), so its `exp` is at most the switch time plus
 //! `token_ttl_seconds`. The old key stays that long plus [`RETIRE_LEEWAY`].
+//! A daemon started inside that window (a restart after a rotation) takes
+//! the old key from `rotation.json`, which `node register --rotate` keeps
+//! until the old key is removed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use jsonwebtoken::jwk::Jwk;
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt as _};
 
-use crate::server::Keys;
+use crate::server::{App, Keys, now_unix};
 use crate::signer::NodePublicKey;
 
 /// How long past `exp` a verifier may still accept a JWT-SVID: go-spiffe
@@ -29,6 +32,13 @@ pub enum OwnKeyError {
         kid: String,
         source: serde_json::Error,
     },
+    #[error(
+        "the rotation record's old_public_key (kid {kid}) is not a P-256 SPKI PEM: {source}; the old key's JWT-SVIDs will not validate here until they expire"
+    )]
+    OldKey {
+        kid: String,
+        source: p256::pkcs8::spki::Error,
+    },
 }
 
 /// `key` as the JWK the bundle holds (`kty` EC, `crv` P-256, `kid` the
@@ -39,6 +49,23 @@ pub fn jwk_of(key: &NodePublicKey) -> Result<Jwk, OwnKeyError> {
         .map_err(|source| OwnKeyError::Jwk {
             kid: key.kid.clone(),
             source,
+        })
+}
+
+/// This node's keys as `jss serve` starts: the key in use, a replaced key
+/// `token_ttl_seconds` + [`RETIRE_LEEWAY`] after its switch. A rotation
+/// record that cannot be read is logged and left out.
+pub fn at_start(app: &App) -> Result<OwnKeys, OwnKeyError> {
+    let current = jwk_of(app.signer().public_key())?;
+    let retire_after = Duration::from_secs(app.cfg.token_ttl_seconds) + RETIRE_LEEWAY;
+    let rotation = crate::state::rotation::read(&app.cfg.state_dir)
+        .inspect_err(|e| tracing::warn!(error = %e, "SPIFFE bundle: a key replaced before this start is left out"))
+        .ok()
+        .flatten();
+    OwnKeys::after_restart(current.clone(), retire_after, rotation.as_ref(), now_unix())
+        .or_else(|e| {
+            tracing::warn!(error = %e, "SPIFFE bundle: a key replaced before this start is left out");
+            Ok(OwnKeys::new(current, retire_after))
         })
 }
 
@@ -72,6 +99,41 @@ impl OwnKeys {
             retiring: Vec::new(),
             retire_after,
         }
+    }
+
+    /// `current`, plus the key a rotation replaced while its time lasts:
+    /// `rotation` is the state dir's record, `now_unix` seconds since the
+    /// epoch. A record of another switch, or one whose window has passed,
+    /// adds nothing.
+    pub fn after_restart(
+        current: Jwk,
+        retire_after: Duration,
+        rotation: Option<&crate::state::rotation::Rotation>,
+        now_unix: u64,
+    ) -> Result<Self, OwnKeyError> {
+        use p256::pkcs8::DecodePublicKey as _;
+        let mut own = Self::new(current, retire_after);
+        let Some(r) = rotation else {
+            return Ok(own);
+        };
+        let Some(switched_at) = r.switched_at else {
+            return Ok(own);
+        };
+        let ends = switched_at.saturating_add(retire_after.as_secs());
+        if r.new_kid.as_deref() != Some(own.current_kid()) || ends <= now_unix {
+            return Ok(own);
+        }
+        let old =
+            p256::PublicKey::from_public_key_pem(r.old_public_key.trim()).map_err(|source| {
+                OwnKeyError::OldKey {
+                    kid: r.old_kid.clone(),
+                    source,
+                }
+            })?;
+        let until = Instant::now() + Duration::from_secs(ends - now_unix);
+        own.retiring
+            .push((jwk_of(&NodePublicKey::new(old))?, until));
+        Ok(own)
     }
 
     /// Puts `new` in use at `now`; the key it replaces retires. `false`
@@ -153,6 +215,45 @@ pub(crate) mod tests {
         assert_eq!(own.expire(t0 + window), vec![ka]);
         assert_eq!(kids(&own), vec![kb]);
         assert_eq!(own.next_expiry(), None);
+    }
+
+    #[test]
+    fn a_restart_inside_the_window_keeps_the_old_key_from_the_rotation_record() {
+        use p256::pkcs8::EncodePublicKey as _;
+        let old = p256::SecretKey::random(&mut rand_core::OsRng).public_key();
+        let old_kid = NodePublicKey::new(old).kid;
+        let new = random_jwk();
+        let rotation = |switched_at| crate::state::rotation::Rotation {
+            old_kid: old_kid.clone(),
+            old_public_key: old.to_public_key_pem(Default::default()).unwrap(),
+            new_kid: new.common.key_id.clone(),
+            switched_at: Some(switched_at),
+            remove_after: None,
+        };
+        let window = Duration::from_secs(120);
+        let now = 1_000_000;
+        let own =
+            OwnKeys::after_restart(new.clone(), window, Some(&rotation(now - 30)), now).unwrap();
+        assert_eq!(
+            kids(&own),
+            vec![old_kid.clone(), own.current_kid().to_string()]
+        );
+        let left = own.next_expiry().unwrap() - Instant::now();
+        assert!(left <= Duration::from_secs(90), "{left:?}");
+        // The window has passed, or the record is of another switch: the key in use alone.
+        let own =
+            OwnKeys::after_restart(new.clone(), window, Some(&rotation(now - 120)), now).unwrap();
+        assert_eq!(own.keys().count(), 1);
+        let other =
+            OwnKeys::after_restart(random_jwk(), window, Some(&rotation(now)), now).unwrap();
+        assert_eq!(other.keys().count(), 1);
+        assert_eq!(
+            OwnKeys::after_restart(new, window, None, now)
+                .unwrap()
+                .keys()
+                .count(),
+            1
+        );
     }
 
     #[test]
