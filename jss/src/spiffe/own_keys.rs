@@ -33,7 +33,7 @@ pub enum OwnKeyError {
         source: serde_json::Error,
     },
     #[error(
-        "the rotation record's old_public_key (kid {kid}) is not a P-256 SPKI PEM: {source}; the old key's JWT-SVIDs will not validate here until they expire"
+        "the rotation record's old_public_key (kid {kid}) is not a P-256 SPKI PEM: {source}; JWT-SVIDs of that key will not validate here (check rotation.json in the state dir)"
     )]
     OldKey {
         kid: String,
