@@ -69,6 +69,20 @@ impl AsyncWrite for PeerConn {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
+    // h2 writes a frame's head and its payload as one vector; without this
+    // it falls back to a write per slice (three per JWT-SVID answer).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
