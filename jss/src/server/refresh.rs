@@ -13,8 +13,9 @@
 //! those of every token due before it, its own, one more in progress and a
 //! tick still fit before its deadline, earlier by up to a sixtieth of its
 //! life spread by its `jti` so that a node boot's burst does not stay in
-//! step. The new token's `iat` is the second it is expected to be signed by,
-//! at most the old token's deadline; the cache keeps it beside the old one
+//! step. The new token's `iat` is the second it is expected to be signed by
+//! (at most the old token's deadline; when the signer is behind, the second
+//! it is expected to be signed in); the cache keeps it beside the old one
 //! until then, so a token is never handed out before its `iat` and each
 //! refresh buys the most time. Refreshes queue behind every caller
 //! (`signer::Priority::Refresh`) until within `signer::URGENT` of the
@@ -87,7 +88,16 @@ pub fn plan(set: &[&CachedToken], now_ms: u64, load: SignerLoad, room: usize) ->
             break;
         }
         let t = set[i];
-        let iat = done[k].div_ceil(1000).clamp(now_s, t.stale_at().max(now_s));
+        // In time: issued in the second it is signed by, held back until
+        // then. Late (the signer is behind): dated when it will be signed,
+        // so it still has half its life when handed out and the next
+        // refresh is not due at once, which would put the signer further
+        // behind.
+        let iat = match done[k].div_ceil(1000) {
+            s if s <= t.stale_at() => s,
+            _ => (done[k] / 1000).max(t.stale_at()),
+        }
+        .max(now_s);
         // A token re-signed within its own second would buy nothing.
         if iat > t.iat {
             due.push((i, iat));
@@ -249,13 +259,18 @@ mod tests {
         assert_eq!(idle - at, 5_000);
         // Expected to be signed 5 s later: issued in that second, not before.
         assert_eq!(iat, (at + 5_070).div_ceil(1000));
-        // A backlog past the deadline: issued at the deadline, the first
-        // second a caller needs it.
+        // A backlog past the deadline: dated when it will be signed (the
+        // second it starts in), not at the deadline it will miss.
         let swamped = SignerLoad {
             queued_ms: 100_000,
             sign_ms: 70,
         };
-        assert_eq!(plan(&[&t], 1_000_500, swamped, 10), [(0, 1031)]);
+        assert_eq!(plan(&[&t], 1_000_500, swamped, 10), [(0, 1100)]);
+        let behind = SignerLoad {
+            queued_ms: 30_400,
+            sign_ms: 70,
+        };
+        assert_eq!(plan(&[&t], 1_000_500, behind, 10), [(0, 1031)]);
     }
 
     #[test]
