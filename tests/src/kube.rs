@@ -103,17 +103,25 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Value {
 /// `kubernetes-validate --strict` of one file for every version in
 /// [`KUBERNETES_VERSIONS`]; panics with the tool's output on any error or warning.
 pub fn validate(path: &Path) {
+    validate_all(&[path]);
+}
+
+/// [`validate`] for many files: one run per Kubernetes version (the tool
+/// loads its schemas once per run, about a second), its output naming the
+/// file that failed.
+pub fn validate_all<P: AsRef<Path>>(paths: &[P]) {
     for version in KUBERNETES_VERSIONS {
         let out = run(
             Command::new("kubernetes-validate")
                 .args(["--strict", "--quiet", "-k", version])
-                .arg(path),
+                .args(paths.iter().map(AsRef::as_ref)),
             b"",
         );
         let all = text(&out);
         assert!(
             out.status.success() && !all.contains("ERROR") && !all.contains("WARN"),
-            "{path:?} does not validate against Kubernetes {version}: {all}"
+            "{} files do not validate against Kubernetes {version}: {all}",
+            paths.len()
         );
     }
 }

@@ -69,9 +69,7 @@ fn injector_manifests_validate_against_kubernetes_schemas() {
         .collect();
     std::fs::write(&all, text.concat()).unwrap();
     files.push(all);
-    for f in &files {
-        kube::validate(f);
-    }
+    kube::validate_all(&files);
 }
 
 #[test]
