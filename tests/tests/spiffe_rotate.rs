@@ -23,8 +23,11 @@ use serde_json::Value;
 const TD: &str = "example.org";
 /// The daemon's default token (and JWT-SVID) life.
 const TTL: u64 = 60;
-/// The daemon keeps a replaced key TTL + 60 s (`spiffe::own_keys::RETIRE_LEEWAY`).
-const RETIRE: u64 = TTL + 60;
+/// `[spiffe] retire_leeway_seconds` here (default 60 s): short, to keep
+/// the test short.
+const LEEWAY: u64 = 15;
+/// The daemon keeps a replaced key TTL + the leeway.
+const RETIRE: u64 = TTL + LEEWAY;
 
 /// `jss-bootstrap node register --rotate --no-wait` for the cluster's node
 /// (software key); it sends the daemon SIGHUP and waits for the switch.
@@ -70,7 +73,7 @@ fn start() -> (Cluster, PodDef, tempfile::TempDir) {
     let c = Cluster::start_node(
         &[],
         &format!(
-            "[spiffe]\ntrust_domain = \"{TD}\"\nsocket = \"{}\"\n",
+            "[spiffe]\ntrust_domain = \"{TD}\"\nsocket = \"{}\"\nretire_leeway_seconds = {LEEWAY}\n",
             socket.display()
         ),
         &[&pod],

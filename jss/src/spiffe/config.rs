@@ -19,6 +19,7 @@ pub struct SpiffeSection {
     pub bundle_ca: Option<PathBuf>,
     pub bundle_file: Option<PathBuf>,
     pub bundle_refresh_seconds: Option<u64>,
+    pub retire_leeway_seconds: Option<u64>,
 }
 
 /// The default SPIFFE ID path: one ID per service account, as SPIRE's
@@ -46,6 +47,9 @@ pub struct SpiffeConfig {
     pub id_template: IdTemplate,
     pub bundle: BundleSource,
     pub bundle_refresh: Duration,
+    /// How long past its SVIDs' latest `exp` a replaced node key stays in
+    /// the bundle (verifiers' clock-skew leeway; go-spiffe allows 60 s).
+    pub retire_leeway: Duration,
 }
 
 impl SpiffeConfig {
@@ -187,6 +191,13 @@ pub fn validate(s: SpiffeSection) -> Result<Option<SpiffeConfig>, (&'static str,
             format!("{refresh} is outside 1..=86400"),
         ));
     }
+    let leeway = s.retire_leeway_seconds.unwrap_or(60);
+    if leeway > 3600 {
+        return Err((
+            "spiffe.retire_leeway_seconds",
+            format!("{leeway} is outside 0..=3600"),
+        ));
+    }
     Ok(Some(SpiffeConfig {
         trust_domain: td,
         socket,
@@ -194,6 +205,7 @@ pub fn validate(s: SpiffeSection) -> Result<Option<SpiffeConfig>, (&'static str,
         id_template,
         bundle,
         bundle_refresh: Duration::from_secs(refresh),
+        retire_leeway: Duration::from_secs(leeway),
     }))
 }
 
@@ -257,6 +269,10 @@ mod tests {
             (
                 "trust_domain = \"x\"\nbundle_refresh_seconds = 0",
                 "spiffe.bundle_refresh_seconds",
+            ),
+            (
+                "trust_domain = \"x\"\nretire_leeway_seconds = 3601",
+                "spiffe.retire_leeway_seconds",
             ),
         ] {
             assert_eq!(validate(section(text)).unwrap_err().0, key, "{text}");

@@ -50,7 +50,7 @@ pub fn start(app: &Arc<App>) -> Result<Option<SpiffeServer>, ServerError> {
     // Subscribed before the key is read: a switch in between comes again
     // through the stream (a repeat of the same key is no switch).
     let switches = own_keys::switches(app.key_changes());
-    let own = own_keys::at_start(app).map_err(|e| ServerError::Socket {
+    let own = own_keys::at_start(app, spiffe.retire_leeway).map_err(|e| ServerError::Socket {
         path: spiffe.socket.clone(),
         reason: e.to_string(),
     })?;

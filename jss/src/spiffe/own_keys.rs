@@ -4,7 +4,8 @@
 //!
 //! A JWT-SVID of the old key was built before the switch (the token cache
 //! is dropped at the switch), so its `exp` is at most the switch time plus
-//! `token_ttl_seconds`. The old key stays that long plus [`RETIRE_LEEWAY`].
+//! `token_ttl_seconds`. The old key stays that long plus
+//! `[spiffe] retire_leeway_seconds` (default 60 s, go-spiffe's leeway).
 //! A daemon started inside that window (a restart after a rotation) takes
 //! the old key from `rotation.json`, which `node register --rotate` keeps
 //! until the old key is removed.
@@ -18,10 +19,6 @@ use tokio_stream::{Stream, StreamExt as _};
 
 use crate::server::{App, Keys, now_unix};
 use crate::signer::NodePublicKey;
-
-/// How long past `exp` a verifier may still accept a JWT-SVID: go-spiffe
-/// validates with 60 s of clock skew allowed, so the key stays that long.
-pub const RETIRE_LEEWAY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnKeyError {
@@ -53,11 +50,11 @@ pub fn jwk_of(key: &NodePublicKey) -> Result<Jwk, OwnKeyError> {
 }
 
 /// This node's keys as `jss serve` starts: the key in use, a replaced key
-/// `token_ttl_seconds` + [`RETIRE_LEEWAY`] after its switch. A rotation
+/// `token_ttl_seconds` + `leeway` after its switch. A rotation
 /// record that cannot be read is logged and left out.
-pub fn at_start(app: &App) -> Result<OwnKeys, OwnKeyError> {
+pub fn at_start(app: &App, leeway: Duration) -> Result<OwnKeys, OwnKeyError> {
     let current = jwk_of(app.signer().public_key())?;
-    let retire_after = Duration::from_secs(app.cfg.token_ttl_seconds) + RETIRE_LEEWAY;
+    let retire_after = Duration::from_secs(app.cfg.token_ttl_seconds) + leeway;
     let rotation = crate::state::rotation::read(&app.cfg.state_dir)
         .inspect_err(|e| tracing::warn!(error = %e, "SPIFFE bundle: a key replaced before this start is left out"))
         .ok()
@@ -92,7 +89,7 @@ pub struct OwnKeys {
 
 impl OwnKeys {
     /// `current` alone; a key replaced later stays `retire_after` (token
-    /// life plus [`RETIRE_LEEWAY`]) after its switch.
+    /// life plus the leeway) after its switch.
     pub fn new(current: Jwk, retire_after: Duration) -> Self {
         Self {
             current,
