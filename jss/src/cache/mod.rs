@@ -161,13 +161,17 @@ impl TokenCache {
                 }
             }
         }
+        // A refresh already on its way stays marked: unmarked, the next pass
+        // would queue a second one for the same key (an overloaded signer
+        // then spends itself on duplicates).
+        let refreshing = map.get(&key).is_some_and(|e| e.refreshing);
         map.insert(
             key,
             Entry {
                 token,
                 source,
                 asked: now,
-                refreshing: false,
+                refreshing,
                 next: None,
             },
         );
@@ -213,14 +217,18 @@ impl TokenCache {
     }
 
     /// Stores a re-signed token: in use at once if its `iat` has come by
-    /// `now`, else beside the current one until then. Keeps when the entry
+    /// `now`, else beside the current one until then; dropped if a caller's
+    /// token as new or newer took the entry meanwhile. Keeps when the entry
     /// was last asked for.
     pub fn refreshed(&self, key: &CacheKey, token: CachedToken, now: u64) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get_mut(key) {
             e.refreshing = false;
-            e.next = Some(token);
-            e.promote(now);
+            // Not older than what a caller got signed meanwhile.
+            if token.iat > e.token.iat {
+                e.next = Some(token);
+                e.promote(now);
+            }
         }
     }
 
@@ -363,6 +371,30 @@ mod tests {
         c.refreshed(&key("a"), tok("t4", 193), 190);
         c.expire(222);
         assert_eq!(c.get(&key("a"), 222).unwrap().token, "t4");
+    }
+
+    #[test]
+    fn a_caller_token_meanwhile_neither_unmarks_nor_loses_to_the_refresh() {
+        let c = TokenCache::new(10);
+        c.insert(key("a"), tok("t1", 100), workload(), 100);
+        assert_eq!(c.due(0, |_| vec![(0, 131)]).len(), 1);
+        // The old token went stale before the refresh was signed: a caller
+        // got its own, newer token.
+        c.insert(key("a"), tok("caller", 132), workload(), 132);
+        let mut offered = usize::MAX;
+        c.due(0, |set| {
+            offered = set.len();
+            Vec::new()
+        });
+        assert_eq!(offered, 0, "still being refreshed: not queued twice");
+        c.refreshed(&key("a"), tok("late", 131), 133);
+        assert_eq!(c.get(&key("a"), 133).unwrap().token, "caller");
+        // The marker is cleared: the entry is in the refresh set again.
+        c.due(0, |set| {
+            offered = set.len();
+            Vec::new()
+        });
+        assert_eq!(offered, 1);
     }
 
     #[test]
