@@ -16,6 +16,25 @@ use crate::swtpm::Swtpm;
 
 pub const CLUSTER: &str = "EUCluster";
 pub const REGION: &str = "eu-de";
+
+/// `node register` of `node` in [`CLUSTER`]/[`REGION`] with its state in
+/// `state_dir` and a `signer` key: the arguments every test starts from.
+pub fn register_args<'a>(state_dir: &'a str, node: &'a str, signer: &'a str) -> Vec<&'a str> {
+    vec![
+        "node",
+        "register",
+        "--state-dir",
+        state_dir,
+        "--cluster",
+        CLUSTER,
+        "--region",
+        REGION,
+        "--node",
+        node,
+        "--signer",
+        signer,
+    ]
+}
 pub const MOUNT: &str = "jss-EUCluster";
 /// The TSI demo pod's namespace and image.
 pub const DEMO_NS: &str = "trusted-identity";
@@ -190,22 +209,8 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let state = dir.path().join("state");
         let state_s = state.display().to_string();
-        let mut register = vec![
-            "node",
-            "register",
-            "--state-dir",
-            &state_s,
-            "--cluster",
-            CLUSTER,
-            "--region",
-            REGION,
-            "--node",
-            "node-1",
-            "--signer",
-            key.signer,
-            "--tcti",
-            &tcti,
-        ];
+        let mut register = register_args(&state_s, "node-1", key.signer);
+        register.extend(["--tcti", &tcti]);
         if let Some(p) = key.pcrs {
             register.extend(["--pcrs", p]);
         }
@@ -303,28 +308,12 @@ ca_path = "{ca}"
         let state = self.path().join("state").display().to_string();
         let sock = self.daemon.socket.display().to_string();
         let mut cmd = Command::new(bin("jss-bootstrap"));
-        cmd.args([
-            "node",
-            "register",
-            "--state-dir",
-            &state,
-            "--cluster",
-            CLUSTER,
-            "--region",
-            REGION,
-            "--node",
-            "node-1",
-            "--signer",
-            signer,
-            "--tcti",
-            &self.tcti,
-            "--socket",
-            &sock,
-        ])
-        .args(args)
-        .env("VAULT_ADDR", self.bao.addr())
-        .env("VAULT_TOKEN", ROOT_TOKEN)
-        .env("TSS2_LOG", "all+none");
+        cmd.args(register_args(&state, "node-1", signer))
+            .args(["--tcti", &self.tcti, "--socket", &sock])
+            .args(args)
+            .env("VAULT_ADDR", self.bao.addr())
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env("TSS2_LOG", "all+none");
         cmd
     }
 

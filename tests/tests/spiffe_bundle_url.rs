@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jss::signer::SignerKind;
 use jss_tests::bao::Bao;
-use jss_tests::cluster::{CLUSTER, REGION, bootstrap, unix_now};
+use jss_tests::cluster::{CLUSTER, REGION, bootstrap, register_args, unix_now};
 use jss_tests::daemon::Daemon;
 use jss_tests::discovery::Discovery;
 use jss_tests::node::{Node, spawn_in};
@@ -33,23 +33,7 @@ const TD: &str = "example.org";
 /// `node register --signer software` of `node` into `dir`; its signing key.
 fn register(bao: &Bao, dir: &Path, node: &str) -> p256::ecdsa::SigningKey {
     let state = dir.display().to_string();
-    bootstrap(
-        bao,
-        &[
-            "node",
-            "register",
-            "--state-dir",
-            &state,
-            "--cluster",
-            CLUSTER,
-            "--region",
-            REGION,
-            "--node",
-            node,
-            "--signer",
-            "software",
-        ],
-    );
+    bootstrap(bao, &register_args(&state, node, "software"));
     let pem = std::fs::read_to_string(dir.join("node-key.pem")).unwrap();
     p256::ecdsa::SigningKey::from_pkcs8_pem(&pem).unwrap()
 }
