@@ -66,6 +66,8 @@ pub enum ServerError {
     Kubelet(#[from] crate::kubelet::KubeletError),
     #[error("opening the node key failed: {0}")]
     SignerTask(#[from] tokio::task::JoinError),
+    #[error("cannot start the SPIFFE server's threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// The node key, its signing queue and what depends on its chain: swapped

@@ -4,7 +4,8 @@
 //!
 //! One attestation path: each accepted connection carries its `Peer` (taken
 //! at accept, PID-reuse guard included) into the handlers, which issue
-//! through `App::issue_as` like `/v1/token`.
+//! through `App::issue_as` like `/v1/token`. Connections are served on
+//! threads of their own (`workers`: why, and what it saves).
 
 mod authority;
 pub mod bundle;
@@ -15,12 +16,10 @@ mod proto_json;
 pub mod service;
 pub mod svid;
 pub mod validate;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use config::{BundleSource, SpiffeConfig, SpiffeSection};
 pub use svid::{JSS_SUB_CLAIM, SvidClaims};
@@ -35,8 +34,7 @@ pub mod proto {
 
 /// The running SPIFFE server.
 pub struct SpiffeServer {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    workers: workers::Workers,
     socket: std::path::PathBuf,
 }
 
@@ -66,43 +64,36 @@ pub fn start(app: &Arc<App>) -> Result<Option<SpiffeServer>, ServerError> {
         own,
         switches,
     ));
-    let incoming = incoming::accept_loop(
+    let svc = Arc::new(service::Service {
+        app: Arc::clone(app),
+        spiffe: spiffe.clone(),
+        bundle,
+    });
+    let n = workers::count();
+    let (workers, senders) = workers::start(n, &svc).map_err(ServerError::Threads)?;
+    incoming::accept_loop(
         listener,
         app.cfg.proc_root.clone(),
         app.cfg.limits.max_connections,
+        senders,
+        workers.stopping(),
     );
     tracing::info!(
         socket = %spiffe.socket.display(),
         trust_domain = %spiffe.trust_domain,
+        threads = n,
         "SPIFFE Workload API serving"
     );
-    let socket = spiffe.socket.clone();
-    let svc = service::Service {
-        app: Arc::clone(app),
-        spiffe,
-        bundle,
-    };
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(proto::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(svc))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    Ok(Some(SpiffeServer { stop, task, socket }))
+    Ok(Some(SpiffeServer {
+        workers,
+        socket: spiffe.socket,
+    }))
 }
 
 impl SpiffeServer {
     /// Stops accepting, lets in-flight requests finish within `drain`, removes the socket.
     pub async fn shutdown(self, drain: Duration) {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(drain, self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "SPIFFE server ended with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "SPIFFE server task failed"),
-            Err(_) => tracing::warn!("SPIFFE drain timed out"),
-        }
+        self.workers.shutdown(drain).await;
         let _ = std::fs::remove_file(&self.socket);
     }
 }

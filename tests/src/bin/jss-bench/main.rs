@@ -18,8 +18,9 @@
 //! - secrets: `jss secrets --once` for 1 and 10 secrets (p50/p99 to all files
 //!   written), the sidecar's RSS and CPU per refresh and while idle.
 //! - injector: jss-injector admission reviews/s, p50/p99 and peak RSS.
-//! - svid: JWT-SVIDs/s over gRPC (SPIFFE Workload API) next to tokens/s over
-//!   HTTP, 16 clients, cache off and on, p99, the ratio gRPC/HTTP.
+//! - svid: JWT-SVIDs/s over gRPC (SPIFFE Workload API; a lean load
+//!   generator and the `spiffe` crate's client) next to tokens/s over HTTP,
+//!   16 clients, cache off and on, taking turns; p99, the ratio gRPC/HTTP.
 //! - entities (not part of `all`): the cost of the mapped `jti` per login;
 //!   entity count and OpenBao RSS after 1,000 rollouts, pruned and not.
 //! - slow-tpm (not part of `all`; one pass unless `--repeat`): a node boot
@@ -31,6 +32,7 @@
 mod attest;
 mod e2e;
 mod entities;
+mod grpc_raw;
 mod http;
 mod injector;
 mod openbao;
@@ -132,6 +134,13 @@ fn print_ratios(f: &mut Figures) {
             f.insert(format!("ratio.{a}/{b}"), r);
         }
     }
+    for cache in ["cache_off", "cache_on"] {
+        // Each pass's own ratio (the points took turns), its median.
+        if let Some(r) = f.get(&format!("svid.software.{cache}.grpc_over_http")) {
+            let label = format!("JWT-SVIDs gRPC / tokens HTTP, {cache}, 16 clients");
+            println!("{label:<52}: {r:>8.2}  >= 0.8");
+        }
+    }
     let best_cached = CONCURRENCY
         .iter()
         .filter_map(|c| f.get(&format!("e2e.software.cache_on.c{c}.tokens_per_s")))
@@ -222,7 +231,10 @@ fn run() -> anyhow::Result<()> {
         return workload::main(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("spiffe-client") {
-        return svid::client_main(&args[1..]);
+        return svid::spiffe_crate_client_main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("grpc-client") {
+        return grpc_raw::client_main(&args[1..]);
     }
     let seconds: u64 = args
         .iter()
