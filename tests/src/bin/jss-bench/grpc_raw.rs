@@ -1,5 +1,5 @@
 //! A gRPC load generator as lean as the HTTP one (`client`): one blocking
-//! unix socket, the FetchJWTSVID request framed once (RFC 9113 frames,
+//! unix socket read after poll() (see `http::wait_readable`), the FetchJWTSVID request framed once (RFC 9113 frames,
 //! HPACK without the dynamic table, RFC 7541 section 6.2.2) and re-sent
 //! on a new stream id per call, as h2load does for HTTP/2. A call counts
 //! when its DATA frame decodes to a JWTSVIDResponse with one SVID and the
@@ -63,9 +63,10 @@ fn header_block() -> Vec<u8> {
 
 struct Conn {
     io: UnixStream,
+    /// What was read; `buf[at..end]` is not parsed yet.
     buf: Vec<u8>,
-    /// Bytes of `buf` already parsed.
     at: usize,
+    end: usize,
     next_stream: u32,
     unacked_data: u32,
     headers: Vec<u8>,
@@ -97,8 +98,9 @@ impl Conn {
         message.extend_from_slice(&req);
         Ok(Conn {
             io,
-            buf: Vec::with_capacity(1 << 16),
+            buf: vec![0; 1 << 16],
             at: 0,
+            end: 0,
             next_stream: 1,
             unacked_data: 0,
             headers: header_block(),
@@ -109,30 +111,33 @@ impl Conn {
     /// The next frame: (type, flags, stream, payload range in `buf`).
     fn next_frame(&mut self) -> anyhow::Result<(u8, u8, u32, std::ops::Range<usize>)> {
         loop {
-            let avail = &self.buf[self.at..];
-            if avail.len() >= 9 {
-                let len = usize::from(avail[0]) << 16
-                    | usize::from(avail[1]) << 8
-                    | usize::from(avail[2]);
-                if avail.len() >= 9 + len {
-                    let stream =
-                        u32::from_be_bytes([avail[5], avail[6], avail[7], avail[8]]) & 0x7fff_ffff;
-                    let start = self.at + 9;
-                    let head = (avail[3], avail[4], stream);
-                    self.at = start + len;
-                    return Ok((head.0, head.1, head.2, start..start + len));
-                }
+            let avail = &self.buf[self.at..self.end];
+            let need = avail.get(..3).map_or(9, |l| {
+                9 + (usize::from(l[0]) << 16 | usize::from(l[1]) << 8 | usize::from(l[2]))
+            });
+            if avail.len() >= need {
+                let stream =
+                    u32::from_be_bytes([avail[5], avail[6], avail[7], avail[8]]) & 0x7fff_ffff;
+                let (kind, flags) = (avail[3], avail[4]);
+                let start = self.at + 9;
+                self.at += need;
+                return Ok((kind, flags, stream, start..self.at));
             }
-            self.buf.drain(..self.at);
+            // Keep the partial frame at the front; grow only for a big one.
+            self.buf.copy_within(self.at..self.end, 0);
+            self.end -= self.at;
             self.at = 0;
-            let old = self.buf.len();
-            self.buf.resize(old + (1 << 16), 0);
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+            // As the HTTP client does: no second wake-up per answer.
+            crate::http::wait_readable(&self.io).context("wait for the server")?;
             let n = self
                 .io
-                .read(&mut self.buf[old..])
+                .read(&mut self.buf[self.end..])
                 .context("read from the server")?;
-            self.buf.truncate(old + n);
             ensure!(n > 0, "the server closed the connection");
+            self.end += n;
         }
     }
 

@@ -27,7 +27,7 @@ impl<S: Read + Write + std::os::fd::AsFd> Conn<S> {
 /// on the same wait queue) and goes back to sleep; poll() filters that out,
 /// as event-loop clients (epoll) do. Without it every answer costs the
 /// client, and the server's CPU that delivers the wakeup, a second wakeup.
-fn wait_readable(fd: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+pub fn wait_readable(fd: &impl std::os::fd::AsFd) -> std::io::Result<()> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
