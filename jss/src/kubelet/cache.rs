@@ -74,6 +74,12 @@ struct Inner<F> {
     errors: AtomicU64,
     pods: AtomicU64,
     skipped: AtomicU64,
+    /// Where fetches run: the runtime that built the list (the daemon's
+    /// main one), not the caller's. A SPIFFE worker's runtime
+    /// (`spiffe::workers`) ends before the HTTP server drains, which would
+    /// cancel a fetch other callers wait on and close the pooled kubelet
+    /// connections it opened.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A [`PodSource`] over any [`FetchPods`].
@@ -102,6 +108,7 @@ impl<F: FetchPods> SharedPodList<F> {
                 errors: AtomicU64::new(0),
                 pods: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
     }
@@ -196,7 +203,11 @@ impl<F: FetchPods> Inner<F> {
             if start {
                 // Detached: a caller that gives up must not cancel everyone's fetch.
                 let me2 = Arc::clone(me);
-                tokio::spawn(async move { me2.run_fetch().await });
+                let fetch = async move { me2.run_fetch().await };
+                match &me.runtime {
+                    Some(rt) => drop(rt.spawn(fetch)),
+                    None => drop(tokio::spawn(fetch)),
+                }
             }
             // Any list published since `subscribe` (or the last wake-up) wakes us.
             if rx.changed().await.is_err() {

@@ -174,6 +174,42 @@ async fn one_fetch_for_many_callers() {
     assert_eq!(src.fetches(), 1);
 }
 
+/// Records the thread each fetch runs on.
+struct WhereFetched(Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>);
+
+impl FetchPods for WhereFetched {
+    fn fetch(&self) -> BoxFuture<'_, Result<PodList, KubeletError>> {
+        Box::pin(async move {
+            self.0.lock().unwrap().push(std::thread::current().id());
+            Ok(list(&[pod("a", Some(ID), "running")]))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_fetch_runs_on_the_lists_runtime_not_the_callers() {
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let src = Arc::new(SharedPodList::new(
+        WhereFetched(Arc::clone(&threads)),
+        timing(2_000),
+    ));
+    let s = Arc::clone(&src);
+    // The caller on a runtime of its own, as on a SPIFFE worker thread.
+    let caller = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(s.find(&q(Some("a"))))
+            .map(|m| m.pod.uid.clone())
+    });
+    while !caller.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await; // lets this runtime fetch
+    }
+    assert_eq!(caller.join().unwrap().unwrap(), "a");
+    assert_eq!(*threads.lock().unwrap(), vec![std::thread::current().id()]);
+}
+
 #[tokio::test]
 async fn miss_waits_for_a_newer_list() {
     let calls = Arc::new(AtomicU64::new(0));
