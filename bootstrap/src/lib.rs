@@ -11,6 +11,7 @@ mod cluster;
 pub mod csr;
 mod daemon;
 mod discovery;
+mod dispatch;
 mod jwks;
 mod lock;
 mod membership;
@@ -27,7 +28,8 @@ mod rotate_args;
 mod vault;
 mod view;
 
-pub use cli::{Cli, run};
+pub use cli::Cli;
+pub use dispatch::run;
 
 /// Every way a command can fail; each source carries what to do about it.
 #[derive(Debug, thiserror::Error)]
