@@ -22,12 +22,7 @@ pub const REQUEST: &[u8] = b"POST /v1/token HTTP/1.1\r\nHost: jss\r\nContent-Typ
 /// `client SOCKET SECONDS`: requests tokens until the time is up, then prints
 /// `errors N` and one latency in microseconds per line.
 pub fn client_main(args: &[String]) -> anyhow::Result<()> {
-    let [socket, seconds] = args else {
-        bail!("usage: jss-bench client SOCKET SECONDS");
-    };
-    let seconds: u64 = seconds
-        .parse()
-        .with_context(|| format!("SECONDS {seconds:?}"))?;
+    let (socket, seconds) = client_args(args, "client")?;
     let connect = || UnixStream::connect(socket).with_context(|| format!("connect to {socket}"));
     let mut conn = Conn::new(connect()?);
     let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
@@ -46,6 +41,17 @@ pub fn client_main(args: &[String]) -> anyhow::Result<()> {
     }
     print_samples(&lat, errors);
     Ok(())
+}
+
+/// A load client's `SOCKET SECONDS` arguments; `name` for the usage line.
+pub fn client_args<'a>(args: &'a [String], name: &str) -> anyhow::Result<(&'a str, u64)> {
+    let [socket, seconds] = args else {
+        bail!("usage: jss-bench {name} SOCKET SECONDS");
+    };
+    let seconds = seconds
+        .parse()
+        .with_context(|| format!("SECONDS {seconds:?}"))?;
+    Ok((socket, seconds))
 }
 
 /// A client's report: `errors N`, then one latency in microseconds per line.

@@ -208,12 +208,7 @@ impl Conn {
 /// `grpc-client SOCKET SECONDS`: FetchJWTSVID for `vault` until the time is
 /// up; prints `errors N` and one latency in microseconds per line.
 pub fn client_main(args: &[String]) -> anyhow::Result<()> {
-    let [socket, seconds] = args else {
-        bail!("usage: jss-bench grpc-client SOCKET SECONDS");
-    };
-    let seconds: u64 = seconds
-        .parse()
-        .with_context(|| format!("SECONDS {seconds:?}"))?;
+    let (socket, seconds) = crate::e2e::client_args(args, "grpc-client")?;
     let mut conn = Conn::open(socket)?;
     let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
     let mut errors = 0u64;

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use jss::signer::SignerKind;
 use jss_tests::daemon::Daemon;
 use jss_tests::node::Node;
@@ -28,12 +28,7 @@ const SLICE_SECONDS: &str = "1";
 /// `errors N` and one latency in microseconds per line (as `client` does
 /// for HTTP).
 pub fn spiffe_crate_client_main(args: &[String]) -> anyhow::Result<()> {
-    let [socket, seconds] = args else {
-        bail!("usage: jss-bench spiffe-client SOCKET SECONDS");
-    };
-    let seconds: u64 = seconds
-        .parse()
-        .with_context(|| format!("SECONDS {seconds:?}"))?;
+    let (socket, seconds) = crate::e2e::client_args(args, "spiffe-client")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
