@@ -378,6 +378,28 @@ fn sigkill_at_every_vault_call_then_a_rerun_completes() {
     assert!(stale_locks >= 2, "{stale_locks}");
 }
 
+/// SIGKILLs a running (not frozen) `child` and reaps it. Returns false when
+/// it finished by itself first, also in the instant between the check and
+/// the kill (it then must have succeeded); panics on any other end.
+fn kill_unless_finished(child: &mut Child, log: &Path, ctx: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(st) = child.try_wait().unwrap() {
+        assert!(st.success(), "{ctx}: {st}:\n{}", read_log(log));
+        return false;
+    }
+    let _ = child.kill(); // fails only if it has been reaped, which it has not
+    let st = child.wait().unwrap();
+    if st.signal() == Some(9) {
+        return true;
+    }
+    assert!(st.success(), "{ctx}: {st}:\n{}", read_log(log));
+    false
+}
+
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
 #[test]
 fn sigkill_after_a_delay_then_a_rerun_completes() {
     let bao = Bao::start();
@@ -418,11 +440,10 @@ fn sigkill_after_a_delay_then_a_rerun_completes() {
         let log = logs.path().join(format!("{node}.log"));
         let mut child = spawn(&register_args(&bao, "c1", &node, &state), &log);
         std::thread::sleep(*delay);
-        if child.try_wait().unwrap().is_some() {
-            eprintln!("{ctx}: the run had already finished");
-        } else {
-            kill_running(&mut child, &log, &ctx);
+        if kill_unless_finished(&mut child, &log, &ctx) {
             killed += 1;
+        } else {
+            eprintln!("{ctx}: the run had already finished");
         }
         let partial = if state.exists() {
             files_in(&state)
