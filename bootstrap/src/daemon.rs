@@ -58,6 +58,28 @@ async fn serving_kid(socket: &Path) -> Option<String> {
         .map(String::from)
 }
 
+/// How long the tokens of the daemon at `socket` live, in seconds (its
+/// `jss_token_ttl_seconds` gauge on `GET /metrics`); `None` when nothing
+/// answers or the daemon predates the gauge.
+pub async fn token_ttl(socket: &Path) -> Option<u64> {
+    let body = jss::client::get(socket, "/metrics", Duration::from_secs(5))
+        .await
+        .ok()?;
+    sample(
+        std::str::from_utf8(&body).ok()?,
+        jss::server::TOKEN_TTL_METRIC,
+    )
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text
+/// exposition, as a whole number.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// The pid of the process serving `socket` (its peer credentials); `None`
 /// where the kernel gives none (another pid namespace).
 fn peer_pid(socket: &Path) -> Result<Option<i32>, String> {
@@ -112,4 +134,23 @@ pub async fn switch(spec: &DaemonSpec, want: &str) -> Result<Switch, DaemonError
         want: want.into(),
         waited: spec.timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn a_gauge_is_read_from_the_text_exposition() {
+        let text = "# HELP jss_token_ttl_seconds How long\n\
+                    # TYPE jss_token_ttl_seconds gauge\n\
+                    jss_token_ttl_seconds_other 5\n\
+                    jss_token_ttl_seconds 300\n";
+        assert_eq!(sample(text, "jss_token_ttl_seconds"), Some(300));
+        assert_eq!(sample(text, "jss_missing"), None);
+        assert_eq!(
+            sample("jss_token_ttl_seconds x\n", "jss_token_ttl_seconds"),
+            None
+        );
+    }
 }

@@ -33,8 +33,9 @@ const DEFAULT_EXPIRATION: u64 = 150;
 /// What `--rotate` needs beyond registration.
 #[derive(Debug, Clone)]
 pub struct RotateSpec {
-    /// The daemon's `token_ttl_seconds`.
-    pub token_ttl: u64,
+    /// How long the daemon's tokens live (`--token-ttl`); `None`: ask the
+    /// daemon.
+    pub token_ttl: Option<u64>,
     pub daemon: DaemonSpec,
     /// Wait for the old key's removal (else record it for the next run).
     pub wait: bool,
@@ -145,7 +146,7 @@ pub async fn finish(
                 }
             };
             let leeway = leeway(v, &spec.target.mount).await?;
-            let t = now + r.token_ttl + leeway + 1;
+            let t = now + token_life(r, out).await + leeway + 1;
             // The registry first: a run killed between the two writes
             // computes and records a time again.
             spec.target
@@ -186,6 +187,37 @@ pub async fn finish(
         rot.old_kid
     );
     Ok(())
+}
+
+/// How long the old key's last tokens live, in seconds: `--token-ttl`, else
+/// what the daemon reports (its `jss_token_ttl_seconds`), else the daemon's
+/// default. A `--token-ttl` shorter than the daemon's is used, with a
+/// warning: the operator said so.
+async fn token_life(r: &RotateSpec, out: &mut dyn Write) -> u64 {
+    let reported = daemon::token_ttl(&r.daemon.socket).await;
+    match (r.token_ttl, reported) {
+        (Some(given), Some(d)) if given < d => {
+            say!(
+                out,
+                "warning  --token-ttl {given} is shorter than the {d} s the daemon's tokens live: its last tokens from the old key will fail to log in once that key is removed"
+            );
+            given
+        }
+        (Some(given), _) => given,
+        (None, Some(d)) => {
+            say!(out, "tokens   the daemon's tokens live {d} s");
+            d
+        }
+        (None, None) => {
+            let d = jss::config::DEFAULT_TOKEN_TTL_SECONDS;
+            say!(
+                out,
+                "tokens   no daemon at {} reports its token life: assuming {d} s (--token-ttl sets it)",
+                r.daemon.socket.display()
+            );
+            d
+        }
+    }
 }
 
 /// Records the rotation from the current key, moving a single-file layout

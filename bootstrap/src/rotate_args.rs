@@ -23,9 +23,10 @@ pub struct RotateArgs {
     /// next `node register` completes it (the default without --rotate).
     #[arg(long, overrides_with = "wait")]
     pub no_wait: bool,
-    /// The daemon's token_ttl_seconds: how long its tokens live.
-    #[arg(long, default_value_t = 60)]
-    pub token_ttl: u64,
+    /// How long the daemon's tokens live, in seconds [default: what the
+    /// daemon on --socket reports, else 60].
+    #[arg(long)]
+    pub token_ttl: Option<u64>,
     /// The daemon's socket: asked which key it signs with.
     #[arg(long, env = "JSS_SOCKET", default_value = jss::client::DEFAULT_SOCKET)]
     pub socket: PathBuf,

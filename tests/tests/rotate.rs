@@ -180,6 +180,15 @@ fn rotate_while_serving(key: NodeKey, kind: SignerKind, jwks: bool) {
     let rot: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("rotation.json")).unwrap()).unwrap();
     let due = rot["remove_after"].as_u64().unwrap();
+    // The old key goes after the daemon's own token life (no --token-ttl
+    // given), the role's clock skew and expiration leeways (10 s each, from
+    // `cluster init`) and a second.
+    assert!(
+        out.contains("tokens   the daemon's tokens live 10 s"),
+        "{out}"
+    );
+    let switched = rot["switched_at"].as_u64().unwrap();
+    assert_eq!(due - switched, 10 + 10 + 10 + 1, "{rot}");
     // `jss inspect --config` and `node status` show the pending removal.
     let p = c.pod(&pod);
     let cfg = c.path().join("config.toml").display().to_string();

@@ -137,6 +137,11 @@ fn a_rotation_killed_at_every_vault_call_is_completed_by_the_next_run() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("warning  --token-ttl 0 is shorter than the 10 s the daemon's tokens live"),
+        "{text}"
+    );
     let calls = counter.requests();
     assert!(calls >= 8, "only {calls} Vault calls?");
     old_kid = assert_rotated(&c, &pod, &old_kid, "the counted run");

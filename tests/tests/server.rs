@@ -183,6 +183,10 @@ fn containers_get_their_own_tokens_and_the_cache_works() {
     assert!(metrics.contains("jss_tokens_issued_total 4"), "{metrics}");
     assert!(metrics.contains("jss_cache_hits_total 1"), "{metrics}");
     assert!(metrics.contains("jss_kubelet_fetches_total"), "{metrics}");
+    assert!(
+        metrics.contains("\njss_token_ttl_seconds 60\n"),
+        "{metrics}"
+    );
     let guard = format!(
         "jss_pid_reuse_guard_info{{guard=\"{}\"}} 1",
         jss::attest::guard_supported()

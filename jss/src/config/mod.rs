@@ -100,8 +100,11 @@ fn d_machine_id() -> PathBuf {
 fn d_proc() -> PathBuf {
     "/proc".into()
 }
+/// `token_ttl_seconds` when the config leaves it out.
+pub const DEFAULT_TOKEN_TTL_SECONDS: u64 = 60;
+
 fn d_ttl() -> u64 {
-    60
+    DEFAULT_TOKEN_TTL_SECONDS
 }
 fn d_audiences() -> Vec<String> {
     vec!["vault".into()]

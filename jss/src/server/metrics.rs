@@ -6,12 +6,17 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::kubelet::PodSource;
 use crate::signer::QueueStats;
+
+/// The gauge of the daemon's token life in seconds, as it appears in the
+/// text exposition (no suffix: a gauge).
+pub const TOKEN_TTL_METRIC: &str = "jss_token_ttl_seconds";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -64,11 +69,15 @@ impl Collector for KubeletFetches {
 }
 
 impl Metrics {
-    /// `pid_guard`: which PID-reuse guard this kernel allows (`pidfd` or `start_time`).
+    /// `pid_guard`: which PID-reuse guard this kernel allows (`pidfd` or
+    /// `start_time`); `token_ttl_seconds`: the configured token life, which
+    /// `jss-bootstrap node register --rotate` reads to know when an old
+    /// key's last tokens expire.
     pub fn new(
         pods: Arc<dyn PodSource>,
         pid_guard: &'static str,
         signing: Arc<QueueStats>,
+        token_ttl_seconds: u64,
     ) -> Self {
         let mut registry = Registry::default();
         let tokens_issued = Counter::default();
@@ -107,6 +116,11 @@ impl Metrics {
             "jss_pid_reuse_guard",
             "How callers are told apart from later processes with the same pid",
             Info::new(vec![("guard", pid_guard)]),
+        );
+        registry.register(
+            TOKEN_TTL_METRIC,
+            "How long the tokens this daemon signs live (its token_ttl_seconds)",
+            ConstGauge::new(i64::try_from(token_ttl_seconds).unwrap_or(i64::MAX)),
         );
         registry.register_collector(Box::new(KubeletFetches(pods)));
         registry.register(

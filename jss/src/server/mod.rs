@@ -40,7 +40,7 @@ pub use audit::AuditRecord;
 pub(crate) use issue::now_unix;
 pub use issue::{Form, Issued};
 pub use listener::bind_path;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, TOKEN_TTL_METRIC};
 pub use refusal::{Code, Refusal};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,12 @@ impl App {
             } else {
                 0
             }),
-            metrics: Metrics::new(pods, crate::attest::guard_supported(), stats),
+            metrics: Metrics::new(
+                pods,
+                crate::attest::guard_supported(),
+                stats,
+                cfg.token_ttl_seconds,
+            ),
             audit,
             keys: watch::Sender::new(Arc::new(keys)),
             signer_health: readiness::SignerHealth::default(),

@@ -10,8 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jss_tests::bao::ROOT_TOKEN;
 use jss_tests::cluster::{CLUSTER, Cluster, MOUNT, NodeKey, PodDef};
 
-/// The daemon's token life here (the config's minimum): the old key may go
-/// 10 s + the role's leeways (10 s + 10 s) + 1 s after the switch.
+/// The daemon's token life here (the config's minimum), which a rotation
+/// reads from it: the old key may go 10 s + the role's leeways (10 s +
+/// 10 s) + 1 s after the switch.
 pub const TTL: &str = "token_ttl_seconds = 10\n[cache]\nenabled = false\n";
 
 pub fn start(key: NodeKey) -> (Cluster, PodDef) {
@@ -48,16 +49,14 @@ pub fn login(c: &Cluster, jwt: &str) -> Output {
     )
 }
 
-/// `jss-bootstrap node register [--rotate] ARGS` for the cluster's node.
+/// `jss-bootstrap node register [--rotate] ARGS` for the cluster's node
+/// (without `--token-ttl` in ARGS, a rotation asks the daemon).
 pub fn register(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Output {
     register_cmd(c, signer, rotate, extra).output().unwrap()
 }
 
 pub fn register_cmd(c: &Cluster, signer: &str, rotate: bool, extra: &[&str]) -> Command {
     let mut args = Vec::new();
-    if !extra.contains(&"--token-ttl") {
-        args.extend_from_slice(&["--token-ttl", "10"]);
-    }
     if rotate {
         args.push("--rotate");
     }
