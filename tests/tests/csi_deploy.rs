@@ -1,7 +1,7 @@
 //! The CSI driver's manifests (daemonset/csi) as kustomize renders them:
 //! the plugin container and what it may touch, the registrar, the
 //! CSIDriver, and the example pod against the Pod Security `restricted`
-//! rules. deploy.rs validates the same files with kubernetes-validate and
+//! rules. tests/deploy/ validates the same files with kubernetes-validate and
 //! yamllint.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
