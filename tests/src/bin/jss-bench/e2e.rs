@@ -129,6 +129,36 @@ pub fn cpu_us(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks * 1e6 / 100.0)
 }
 
+/// A node under load: its daemon (limits raised, the token cache on or off,
+/// `more` appended to its config) and one pod process in a kubepods cgroup.
+/// Fields drop in order: the pod, the daemon, then the node's directory.
+pub struct BenchNode {
+    pub pod: PodProcess,
+    pub daemon: Daemon,
+    pub node: Node,
+}
+
+impl BenchNode {
+    pub fn start(kind: SignerKind, cache: bool, more: &str) -> Self {
+        let extra = format!(
+            "[cache]\nenabled = {cache}\n[limits]\nmax_connections = 4096\nsigner_queue = 4096\n{more}"
+        );
+        let node = Node::new(kind, &extra);
+        // Tests force a fresh pod list per lookup; production reuses a list
+        // younger than a second, and so does the benchmark.
+        let config = node
+            .config
+            .replace("max_list_age_ms = 0", "max_list_age_ms = 1000");
+        let daemon = Daemon::start(node.path(), &config);
+        let pod = PodProcess::spawn(
+            Layout::V2Systemd(Qos::BestEffort),
+            &node.pod_uid,
+            &node.app_id,
+        );
+        Self { pod, daemon, node }
+    }
+}
+
 fn one(
     label: &str,
     kind: SignerKind,
@@ -136,21 +166,12 @@ fn one(
     seconds: u64,
     f: &mut Figures,
 ) -> anyhow::Result<()> {
-    let extra = format!(
-        "[cache]\nenabled = {cache}\n[limits]\nmax_connections = 4096\nsigner_queue = 4096\n"
-    );
-    let node = Node::new(kind, &extra);
-    // Tests force a fresh pod list per lookup; production reuses a list
-    // younger than a second, and so does the benchmark.
-    let config = node
-        .config
-        .replace("max_list_age_ms = 0", "max_list_age_ms = 1000");
-    let daemon = Daemon::start(node.path(), &config);
-    let pod = PodProcess::spawn(
-        Layout::V2Systemd(Qos::BestEffort),
-        &node.pod_uid,
-        &node.app_id,
-    );
+    // Bound in this order so they drop pod, daemon, then the directory.
+    let BenchNode {
+        node: _dir,
+        mut daemon,
+        pod,
+    } = BenchNode::start(kind, cache, "");
     let sock = daemon.socket.display().to_string();
     let secs = seconds.to_string();
     for c in CONCURRENCY {
@@ -173,7 +194,6 @@ fn one(
     let rss = peak_rss_mib(daemon.pid())?;
     println!("{label:<22} daemon peak RSS: {rss:.1} MiB");
     // A clean exit lets a profiler the daemon runs under write its report.
-    let mut daemon = daemon;
     daemon.terminate(Duration::from_secs(30));
     f.insert(format!("e2e.{label}.peak_rss_mib"), rss);
     Ok(())

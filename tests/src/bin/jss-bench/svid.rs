@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use jss::signer::SignerKind;
-use jss_tests::daemon::Daemon;
-use jss_tests::node::Node;
-use jss_tests::pods::{Layout, PodProcess, Qos};
 
+use crate::e2e::BenchNode;
 use crate::{Figures, percentile};
 
 const CLIENTS: usize = 16;
@@ -62,20 +60,16 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
         let label = if cache { "cache_on" } else { "cache_off" };
         let dir = tempfile::tempdir().context("tempdir")?;
         let spiffe_sock = dir.path().join("spiffe.sock");
-        let extra = format!(
-            "[cache]\nenabled = {cache}\n[limits]\nmax_connections = 4096\nsigner_queue = 4096\n[spiffe]\ntrust_domain = \"example.org\"\nsocket = \"{}\"\n",
+        let spiffe = format!(
+            "[spiffe]\ntrust_domain = \"example.org\"\nsocket = \"{}\"\n",
             spiffe_sock.display()
         );
-        let node = Node::new(SignerKind::Software, &extra);
-        let config = node
-            .config
-            .replace("max_list_age_ms = 0", "max_list_age_ms = 1000");
-        let daemon = Daemon::start(node.path(), &config);
-        let pod = PodProcess::spawn(
-            Layout::V2Systemd(Qos::BestEffort),
-            &node.pod_uid,
-            &node.app_id,
-        );
+        // Bound in this order so they drop pod, daemon, then the directory.
+        let BenchNode {
+            node: _dir,
+            mut daemon,
+            pod,
+        } = BenchNode::start(SignerKind::Software, cache, &spiffe);
         let http_sock = daemon.socket.display().to_string();
         let grpc_sock = spiffe_sock.display().to_string();
         let points: [(&str, [&str; 3]); 3] = [
@@ -130,7 +124,6 @@ pub fn run(seconds: u64) -> anyhow::Result<Figures> {
             format!("svid.software.{label}.daemon_cpu_http_over_grpc"),
             cpu_ratio,
         );
-        let mut daemon = daemon;
         daemon.terminate(Duration::from_secs(30));
     }
     Ok(f)
