@@ -67,10 +67,14 @@ impl Daemon {
         d
     }
 
+    /// Until the daemon says it serves: that line comes after every socket
+    /// (main, SPIFFE, pod-token) is bound; a connect alone can come before.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+                && self.stderr().contains("jss serving")
+            {
                 return;
             }
             if let Some(c) = self.child.as_mut()

@@ -142,6 +142,9 @@ fn back_to_back_fresh_lookups_never_wait_for_a_finished_fetch() {
     let k = KubeletStandin::start(fx.list.clone());
     let mut cfg = k.config();
     cfg.max_list_age_ms = 0;
+    // The bug waited out the whole window: a minute here, far from a slow
+    // machine's worst lookup.
+    cfg.retry_window_ms = 60_000;
     let pods = source(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -152,7 +155,7 @@ fn back_to_back_fresh_lookups_never_wait_for_a_finished_fetch() {
         let t = Instant::now();
         rt.block_on(pods.find(&q(Some(&fx.uid), &fx.app))).unwrap();
         assert!(
-            t.elapsed() < Duration::from_millis(1500),
+            t.elapsed() < Duration::from_secs(30),
             "lookup {i} took {:?}",
             t.elapsed()
         );
@@ -164,7 +167,10 @@ fn back_to_back_fresh_lookups_never_wait_for_a_finished_fetch() {
 async fn pod_that_appears_late_is_found_by_retrying() {
     let fx = fixture();
     let k = KubeletStandin::start(pod_list(&[]));
-    let pods = source(&k.config());
+    // A window far longer than the pod takes to appear, also on a slow machine.
+    let mut cfg = k.config();
+    cfg.retry_window_ms = 30_000;
+    let pods = source(&cfg);
     let started = Instant::now();
     let late = fx.list.clone();
     let k = Arc::new(k);
@@ -360,7 +366,9 @@ async fn full_node_pod_list_is_cheap_and_capped() {
         body.len(),
         per
     );
-    assert!(per < Duration::from_millis(500), "parse too slow: {per:?}");
+    // A guard against a pathological parser, not a benchmark (`jss-bench
+    // attest` measures it).
+    assert!(per < Duration::from_secs(5), "parse too slow: {per:?}");
 
     let k = KubeletStandin::start(list);
     let (uid, cid) = target.unwrap();

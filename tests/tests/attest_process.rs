@@ -305,7 +305,14 @@ async fn pod_listed_only_after_a_few_seconds() {
         k2.set_pods(pod_list(&[pod]));
     });
     let peer = PeerProcess::by_start_time(Path::new("/proc"), p.pid(), 0, 0).unwrap();
-    let w = attestor(&k).attest(&peer).await.unwrap();
+    // A window far longer than the pod takes to appear, also on a slow machine.
+    let mut cfg = k.config();
+    cfg.retry_window_ms = 30_000;
+    let a = Attestor::new(
+        "/proc".into(),
+        Arc::new(KubeletPods::from_config(&cfg).unwrap()),
+    );
+    let w = a.attest(&peer).await.unwrap();
     assert_eq!(w.pod_uid, p.pod_uid);
     assert!(k.requests() >= 3);
 }

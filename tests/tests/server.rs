@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use jss::signer::{self, KeyPolicy, SignerConfig, SignerKind};
 use jss_tests::ca::TestCa;
-use jss_tests::daemon::{Daemon, bin};
+use jss_tests::daemon::{Daemon, bin, metric};
 use jss_tests::kubelet::{Ctr, PodBuilder, pod_list};
 use jss_tests::node::{MACHINE_ID, Node, pod_json, run_in};
 use jss_tests::pods::{Layout, PodProcess, Qos, random_container_id, random_pod_uid};
 use jss_tests::swtpm::Swtpm;
+use jss_tests::watch::wait_for;
 use serde_json::Value;
 
 fn stdout(o: &Output) -> String {
@@ -324,11 +325,19 @@ fn sigterm_drains_in_flight_requests() {
     let late_uid = random_pod_uid();
     let late_id = random_container_id();
     let late = PodProcess::spawn(Layout::V2Systemd(Qos::Burstable), &late_uid, &late_id);
+    let fetches = env.kubelet.requests();
     let waiting = std::thread::spawn({
         let sock = sock.clone();
         move || run_in(&late, &["token", "--socket", &sock])
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Only that request fetches lists: two of them say it is in the
+    // daemon, looking again (within its 3 s retry window).
+    wait_for(
+        30,
+        "the request to wait for newer pod lists",
+        &|| env.daemon.stderr(),
+        || env.kubelet.requests() >= fetches + 2,
+    );
     env.daemon.signal("TERM");
     std::thread::sleep(Duration::from_millis(300));
     // The new pod shows up: the in-flight request completes.
@@ -529,6 +538,9 @@ fn a_hung_tpm_sheds_load_with_503() {
         &env.side_id,
     );
     let tpm_pid = env.tpm.as_ref().unwrap().pid().unwrap().to_string();
+    // Signatures the signing thread has taken up.
+    let taken = || metric(&env.daemon.metrics(), "jss_sign_queue_wait_seconds_count");
+    let before = taken();
     // Freeze the TPM: the first request takes the only signer slot and waits.
     Command::new("kill")
         .args(["-STOP", &tpm_pid])
@@ -538,7 +550,12 @@ fn a_hung_tpm_sheds_load_with_503() {
         let sock = sock.clone();
         move || run_in(&a, &["token", "--socket", &sock])
     });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(
+        30,
+        "the first request at the frozen TPM",
+        &|| env.daemon.stderr(),
+        || taken() > before,
+    );
     let second = run_in(&b, &["token", "--socket", &sock]);
     Command::new("kill")
         .args(["-CONT", &tpm_pid])

@@ -238,10 +238,16 @@ fn a_refreshed_jwt_svid_stays_a_jwt_svid() {
             .unwrap()
             .as_secs()
     };
-    // Past half-life the first one is no longer handed out.
+    // Past half-life the first one is no longer handed out; the refresher
+    // has re-signed it by then on an idle machine, and is waited for on a
+    // busy one.
     while now() <= half_life {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    let refreshed = || jss_tests::daemon::metric(&env.daemon.metrics(), "jss_refreshes_total");
+    jss_tests::watch::wait_for(30, "the refresh", &|| env.daemon.stderr(), || {
+        refreshed() >= 1.0
+    });
     let second = env.client(Some(&pod), &["raw-fetch", "vault"]);
     let second = second["token"].as_str().unwrap();
     assert_ne!(second, first);

@@ -101,7 +101,15 @@ fn a_node_registered_later_is_read_on_its_first_svid_and_reaches_the_stream() {
         &node.app_id,
     );
 
-    // The stream opens with this node's key and node-1's from the discovery server.
+    // The bundle starts with this node's key; node-1's comes with the
+    // first read of the discovery server, a moment after the daemon starts.
+    wait_for(60, "the first bundle read", &log, || {
+        daemon
+            .stderr()
+            .lines()
+            .any(|l| l.contains("SPIFFE bundle changed") && l.contains("keys=2"))
+    });
+    // The stream opens with this node's key and node-1's.
     let argv = client_argv(&socket, &["watch", "2"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut watcher = spawn_in(&pod, Path::new("env"), &argv, Stdio::piped());

@@ -174,7 +174,11 @@ fn token_refresh_rides_out_a_jss_outage_and_logs_it_once() {
     wait_for(60, "a fresh token after the outage", &logf, || {
         read(&file).is_some_and(|t| t != before)
     });
-    assert!(log.count("JSS answers again") == 1, "{}", log.text());
+    // The line is logged after the file is written.
+    wait_for(30, "the recovery line", &logf, || {
+        log.count("JSS answers again") >= 1
+    });
+    assert_eq!(log.count("JSS answers again"), 1, "{}", log.text());
     signal(w.id(), "TERM");
     assert!(w.wait().unwrap().success(), "{}", log.text());
 }
