@@ -1,7 +1,8 @@
 //! The node's running `jss serve`, as `node register --rotate` needs it:
-//! which key it signs with (`GET /v1/jwks` on its socket), its pid (the
-//! socket's peer credentials, or `--daemon-pid`), and SIGHUP to make it
-//! switch to the key the state directory's pointer names.
+//! which key it signs with (`GET /v1/jwks` on its socket), how long its
+//! tokens live (`GET /metrics`), its pid (the socket's peer credentials, or
+//! `--daemon-pid`), and SIGHUP to make it switch to the key the state
+//! directory's pointer names.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
